@@ -1,0 +1,54 @@
+# Thin wrapper over CMake. `make run` and `make test` work on a fresh machine.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS       ?= $(shell nproc)
+MODEL      ?= models/tiny.gguf
+FUZZ_SECONDS ?= 30
+
+.PHONY: all deps build asan fuzz test test-fast test-asan test-fuzz test-slow run bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+fuzz: deps
+	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
+
+# The whole default suite: unit + vector tests, then the sanitizer pass, then bounded fuzzing.
+test: test-fast test-asan
+
+test-fast: build
+	@cd $(BUILD) && ctest -LE "slow|gpu|mpi" --output-on-failure -j $(JOBS)
+
+test-asan: asan
+	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest -L asan -LE "slow|gpu|mpi" --output-on-failure -j $(JOBS)
+
+test-fuzz: fuzz
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-fuzz.sh $(FUZZ_BUILD)
+
+test-slow: build
+	@cd $(BUILD) && ctest -L slow --output-on-failure
+
+# Until a trained default model ships: a tiny random model, made once, then run.
+run: build
+	@test -f $(MODEL) || $(BUILD)/moe init --preset tiny --seed 1 -o $(MODEL)
+	$(BUILD)/moe run -m $(MODEL) -p "Hello, moekit" -n 32 --seed 1
+
+bench: build
+	@test -f models/bench-v2lite-4L-q8_0.gguf || $(BUILD)/moe init --preset bench-v2lite-4L --dtype q8_0 -o models/bench-v2lite-4L-q8_0.gguf
+	$(BUILD)/moe bench -m models/bench-v2lite-4L-q8_0.gguf
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

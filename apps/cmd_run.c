@@ -1,0 +1,11 @@
+/* moe run: placeholder, filled in by the engine core work. */
+#include <stdio.h>
+
+#include "cmds.h"
+
+int moe_cmd_run(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "moe run: not available yet\n");
+    return 2;
+}

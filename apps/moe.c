@@ -1,0 +1,43 @@
+/* moe: the moekit command. One subcommand per job; each lives in apps/cmd_<name>.c and is thin
+ * over the library. Exit status: 0 success, 1 user error, 2 internal error. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} command;
+
+static const command k_cmds[] = {
+    {"init", moe_cmd_init, "create a random-weight deepseek2 model (presets or JSON config)"},
+    {"eval", moe_cmd_eval, "evaluate token ids and write all positions' logits"},
+    {"run", moe_cmd_run, "generate text from a prompt, streaming to stdout"},
+    {"bench", moe_cmd_bench, "prefill/decode speed and % of the memory-bandwidth roofline"},
+    {"info", moe_cmd_info, "print a GGUF file's metadata and tensors"},
+    {"tokenize", moe_cmd_tokenize, "text to token ids"},
+    {"detokenize", moe_cmd_detokenize, "token ids to text"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: moe <command> [options]   (moe <command> --help for details)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
+        fprintf(f, "  %-11s %s\n", k_cmds[i].name, k_cmds[i].help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
+        if (!strcmp(argv[1], k_cmds[i].name)) return k_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moe: unknown command '%s' (try moe --help)\n", argv[1]);
+    return 1;
+}

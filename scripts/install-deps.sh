@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what moekit needs to build and test, from Debian's packages. Idempotent: packages
+# already present are not touched, so a second run takes a second. Works as root or with sudo.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake ninja-build pkg-config git   # toolchain
+  clang libclang-rt-14-dev                           # libFuzzer and sanitizer runtimes
+  libjansson-dev                                     # JSON (configs, token files, server)
+  libutf8proc-dev                                    # Unicode classes for the tokenizer
+)
+# Extra packages other parts of the project append here (one line each):
+if [ -f "$(dirname "$0")/deps.txt" ]; then
+  while read -r p _; do [ -n "$p" ] && [ "${p#\#}" = "$p" ] && PKGS+=("$p"); done < "$(dirname "$0")/deps.txt"
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
