@@ -2,13 +2,19 @@
  *
  * Reader invariants: after moe_gguf_open succeeds,
  *   - every KV record and tensor-info record lies inside the file;
- *   - string/array lengths are <= 2^30 and fit the remaining bytes;
- *   - every tensor has 1..4 dims, ne[i] >= 0, a known supported-or-unsupported-but-valid type id,
- *     ne[0] a multiple of the block size, a byte size that does not overflow, offsets exactly
+ *   - string/array lengths are <= 2^30 and fit the remaining bytes; value and element types are
+ *     0..12, no nested arrays;
+ *   - keys are non-empty, unique and free of NUL bytes; general.alignment, if present, is a
+ *     UINT32 power of two;
+ *   - every tensor has a unique name of 1..63 bytes without NUL, 0..4 dims (0 read as 1),
+ *     ne[i] >= 0, a valid ggml type id (supported or not), ne[0] a multiple of the block size,
+ *     an element count that fits int64 and a byte size that does not overflow, offsets exactly
  *     consecutive (offset_0 = 0, offset_i = offset_{i-1} + PAD(nbytes_{i-1}, A)) and data that
- *     ends inside the file;
- *   - keys and tensor names are unique; tensor names are < 64 bytes.
- * So accessors never need to re-check bounds. The file is mapped read-only (MAP_PRIVATE) and
+ *     ends inside the file (padding after the last tensor is not required, as in llama.cpp's
+ *     mmap loader).
+ * Memory grows with the records actually read, never with the header's counts, so a lying
+ * count costs nothing; each failure is one message "gguf: at byte N: <field>: <problem>".
+ * Accessors by index re-check the index; everything else was proven at open. The file is mapped read-only (MAP_PRIVATE) and
  * never copied; for STRING arrays an index of element offsets is built so element j is O(1).
  *
  * Layout (all little-endian):
@@ -51,8 +57,8 @@ struct moe_gguf {
     int64_t n_kv, n_tensors;
     kv_rec *kv;              /* owned, n_kv */
     moe_gguf_tensor *tensor; /* owned, n_tensors */
-    uint32_t *hash;          /* owned: open-addressing table over tensor names, size hash_n */
-    uint32_t hash_n;
+    size_t *hash;            /* owned: open-addressing table over tensor names (index+1), size hash_n */
+    size_t hash_n;
     char err[256];
 };
 
@@ -81,6 +87,7 @@ typedef struct {
     size_t errlen;
 } cur;
 
+/* Every format error goes through here: "gguf: at byte N: <field>: <problem>". */
 static moe_status fail(cur *c, uint64_t at, const char *fmt, ...) {
     if (c->err && c->errlen) {
         int n = snprintf(c->err, c->errlen, "gguf: at byte %llu: ", (unsigned long long)at);
@@ -107,26 +114,30 @@ static uint32_t rd_u32(const uint8_t *p) {
 
 static moe_status get_u32(cur *c, uint32_t *v, const char *what) {
     *v = 0;
-    if (!need(c, 4)) return fail(c, c->pos, "file truncated while reading %s", what);
+    if (!need(c, 4)) return fail(c, c->pos, "%s: file truncated (4 bytes needed, %llu left)", what,
+                                 (unsigned long long)(c->size - c->pos));
     *v = rd_u32(c->p + c->pos);
     c->pos += 4;
     return MOE_OK;
 }
 static moe_status get_u64(cur *c, uint64_t *v, const char *what) {
     *v = 0;
-    if (!need(c, 8)) return fail(c, c->pos, "file truncated while reading %s", what);
+    if (!need(c, 8)) return fail(c, c->pos, "%s: file truncated (8 bytes needed, %llu left)", what,
+                                 (unsigned long long)(c->size - c->pos));
     *v = rd_u64(c->p + c->pos);
     c->pos += 8;
     return MOE_OK;
 }
 static moe_status get_str(cur *c, moe_str *s, const char *what) {
     uint64_t at = c->pos, n;
-    if (!need(c, 8)) return fail(c, at, "file truncated while reading the length of %s", what);
+    if (!need(c, 8))
+        return fail(c, at, "%s: file truncated in the string length (8 bytes needed, %llu left)", what,
+                    (unsigned long long)(c->size - c->pos));
     n = rd_u64(c->p + c->pos);
-    if (n > GGUF_MAX_LEN) return fail(c, at, "%s length %llu exceeds 2^30", what, (unsigned long long)n);
+    if (n > GGUF_MAX_LEN) return fail(c, at, "%s: string length %llu exceeds 2^30", what, (unsigned long long)n);
     c->pos += 8;
     if (!need(c, n))
-        return fail(c, at, "%s length %llu runs past the end of the file (%llu bytes left)", what,
+        return fail(c, at, "%s: string length %llu runs past the end of the file (%llu bytes left)", what,
                     (unsigned long long)n, (unsigned long long)(c->size - c->pos));
     s->ptr = (const char *)c->p + c->pos;
     s->len = n;
@@ -136,227 +147,328 @@ static moe_status get_str(cur *c, moe_str *s, const char *what) {
 
 static int str_eq(moe_str a, const char *b, size_t blen) { return a.len == blen && memcmp(a.ptr, b, blen) == 0; }
 
+/* A key or tensor name for messages: at most ~60 bytes, bytes outside printable ASCII as \xNN,
+ * so hostile names cannot put control characters or megabytes into a log line. */
+static const char *printable(moe_str s, char *buf, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (uint64_t i = 0; i < s.len; i++) {
+        unsigned char ch = (unsigned char)s.ptr[i];
+        if (o + 8 >= n) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\' && ch != '\'') {
+            buf[o++] = (char)ch;
+        } else {
+            buf[o++] = '\\';
+            buf[o++] = 'x';
+            buf[o++] = hex[ch >> 4];
+            buf[o++] = hex[ch & 15];
+        }
+    }
+    buf[o] = 0;
+    return buf;
+}
+
 static uint32_t hash_bytes(const char *p, uint64_t n) {
     uint32_t h = 2166136261u;
     for (uint64_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
     return h;
 }
 
-/* Keys are looked up rarely (model load); a linear scan keeps the reader simple. Duplicate
- * detection at open uses a temporary hash table so hostile files with many keys stay O(n). */
+/* Open-addressing table over n names: slot holds index+1 (0 = empty), size a power of two
+ * >= 2n so probing always ends. Returns the index of the first duplicate name, or -1 (via
+ * *dup). n is bounded by records actually parsed (each >= 14 bytes of the file), so the
+ * size computation cannot overflow. */
+static moe_status build_hash(size_t **tab, size_t *tab_n, size_t n, moe_str (*name_at)(const void *, size_t),
+                             const void *arr, int64_t *dup) {
+    size_t tn = 16;
+    while (tn < 2 * n) tn <<= 1;
+    size_t *t = calloc(tn, sizeof *t);
+    *dup = -1;
+    if (!t) return MOE_ERR_NOMEM;
+    for (size_t i = 0; i < n && *dup < 0; i++) {
+        moe_str s = name_at(arr, i);
+        for (size_t h = hash_bytes(s.ptr, s.len) & (tn - 1);; h = (h + 1) & (tn - 1)) {
+            if (!t[h]) {
+                t[h] = i + 1;
+                break;
+            }
+            if (str_eq(name_at(arr, t[h] - 1), s.ptr, s.len)) {
+                *dup = (int64_t)i;
+                break;
+            }
+        }
+    }
+    *tab = t;
+    *tab_n = tn;
+    return MOE_OK;
+}
+
+static moe_str kv_name_at(const void *arr, size_t i) { return ((const kv_rec *)arr)[i].key; }
+static moe_str tensor_name_at(const void *arr, size_t i) { return ((const moe_gguf_tensor *)arr)[i].name; }
+
+/* Keys are looked up rarely (model load); a linear scan keeps the reader simple. */
 static int64_t find_key_n(const moe_gguf *g, const char *key, size_t klen) {
     for (int64_t i = 0; i < g->n_kv; i++)
         if (str_eq(g->kv[i].key, key, klen)) return i;
     return -1;
 }
 
-static moe_status parse_value(moe_gguf *g, cur *c, kv_rec *kv, const char *key_for_msg) {
+/* Grow a parse array so it holds one more element. Arrays grow with the records actually
+ * read, never from the header's counts, so a lying count cannot make us allocate. */
+static moe_status grow(void **arr, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap) return MOE_OK;
+    size_t nc = *cap ? 2 * *cap : 64;
+    void *p = realloc(*arr, nc * elem);
+    if (!p) return MOE_ERR_NOMEM;
+    memset((char *)p + *cap * elem, 0, (nc - *cap) * elem);
+    *arr = p;
+    *cap = nc;
+    return MOE_OK;
+}
+
+static moe_status parse_value(cur *c, kv_rec *kv, const char *key) {
     uint64_t at = c->pos;
+    moe_status st;
     if (kv->type == MOE_GGUF_TYPE_STRING) {
         moe_str s;
         kv->val = c->p + c->pos;
-        return get_str(c, &s, "string value");
+        char what[96];
+        snprintf(what, sizeof what, "key '%s' value", key);
+        return get_str(c, &s, what);
     }
     if (kv->type == MOE_GGUF_TYPE_ARRAY) {
         uint32_t et;
         uint64_t n;
-        moe_status st;
         if ((st = get_u32(c, &et, "array element type"))) return st;
-        if (et > 12) return fail(c, at, "key '%s': array element type %u is not a GGUF type", key_for_msg, et);
-        if (et == MOE_GGUF_TYPE_ARRAY) return fail(c, at, "key '%s': nested arrays are not allowed", key_for_msg);
+        if (et == MOE_GGUF_TYPE_ARRAY) return fail(c, at, "key '%s': nested arrays are not allowed", key);
+        if (et > MOE_GGUF_TYPE_FLOAT64)
+            return fail(c, at, "key '%s': array element type %u is not a GGUF type", key, et);
         if ((st = get_u64(c, &n, "array length"))) return st;
         if (n > GGUF_MAX_LEN)
-            return fail(c, at + 4, "key '%s': array length %llu exceeds 2^30", key_for_msg, (unsigned long long)n);
+            return fail(c, at + 4, "key '%s': array length %llu exceeds 2^30", key, (unsigned long long)n);
         kv->arr_type = (int)et;
         kv->arr_n = n;
         kv->val = c->p + c->pos;
         if (et == MOE_GGUF_TYPE_STRING) {
-            /* each element is a full string: walk and index them */
+            /* each element is a full string (>= 8 bytes): bound n by the bytes left, then index */
             if (n > (c->size - c->pos) / 8)
-                return fail(c, at + 4, "key '%s': array of %llu strings cannot fit in the file", key_for_msg,
-                            (unsigned long long)n);
+                return fail(c, at + 4, "key '%s': array of %llu strings cannot fit in the %llu bytes left", key,
+                            (unsigned long long)n, (unsigned long long)(c->size - c->pos));
             kv->str_off = malloc((n ? n : 1) * sizeof(uint64_t));
             if (!kv->str_off) return MOE_ERR_NOMEM;
             for (uint64_t j = 0; j < n; j++) {
                 moe_str s;
+                char what[128];
                 kv->str_off[j] = c->pos;
-                if ((st = get_str(c, &s, "array string element"))) return st;
+                if (c->size - c->pos < 8 || rd_u64(c->p + c->pos) > c->size - c->pos - 8) {
+                    snprintf(what, sizeof what, "key '%s' element %llu", key, (unsigned long long)j);
+                    return get_str(c, &s, what);
+                }
+                if ((st = get_str(c, &s, "array element"))) return st;
             }
         } else {
             size_t es = scalar_size((int)et);
             if (n > (c->size - c->pos) / es)
-                return fail(c, at + 4, "key '%s': array of %llu %s runs past the end of the file", key_for_msg,
-                            (unsigned long long)n, moe_gguf_type_name((int)et));
+                return fail(c, at + 4, "key '%s': array of %llu %s runs past the end of the file (%llu bytes left)",
+                            key, (unsigned long long)n, moe_gguf_type_name((int)et),
+                            (unsigned long long)(c->size - c->pos));
             c->pos += n * es;
         }
         return MOE_OK;
     }
     size_t es = scalar_size(kv->type);
-    if (!es) return fail(c, at - 4, "key '%s': value type %d is not a GGUF type", key_for_msg, kv->type);
-    if (!need(c, es)) return fail(c, at, "file truncated in the value of key '%s'", key_for_msg);
+    if (!need(c, es))
+        return fail(c, at, "key '%s': file truncated in the %s value (%zu bytes needed, %llu left)", key,
+                    moe_gguf_type_name(kv->type), es, (unsigned long long)(c->size - c->pos));
     kv->val = c->p + c->pos;
     c->pos += es;
-    (void)g;
+    return MOE_OK;
+}
+
+static moe_status parse_header(moe_gguf *g, cur *c, uint64_t *n_tensors, uint64_t *n_kv) {
+    moe_status st;
+    uint32_t version;
+    if (g->size < 4)
+        return fail(c, 0, "magic: file is %llu bytes, too short for a GGUF header", (unsigned long long)g->size);
+    if (memcmp(g->base, "GGUF", 4) != 0)
+        return fail(c, 0, "magic: bad magic 0x%08x (expected \"GGUF\" = 0x46554747)", rd_u32(g->base));
+    c->pos = 4;
+    if ((st = get_u32(c, &version, "version"))) return st;
+    if (version == 0) return fail(c, 4, "version: 0 is not a GGUF version");
+    if ((version & 0xffff) == 0)
+        return fail(c, 4, "version: 0x%08x looks byte-swapped (big-endian files are not supported)", version);
+    if (version == 1) return fail(c, 4, "version: GGUF version 1 is not supported (only 2 and 3)");
+    if (version > 3) return fail(c, 4, "version: unsupported GGUF version %u (only 2 and 3)", version);
+    g->version = version;
+    if ((st = get_u64(c, n_tensors, "tensor count"))) return st;
+    if ((int64_t)*n_tensors < 0) return fail(c, 8, "tensor count: %lld is negative", (long long)*n_tensors);
+    if ((st = get_u64(c, n_kv, "key/value count"))) return st;
+    if ((int64_t)*n_kv < 0) return fail(c, 16, "key/value count: %lld is negative", (long long)*n_kv);
+    /* each KV record takes >= 8+1+4+1 bytes and each tensor-info record >= 8+1+4+4+8: reject
+     * lying counts before reading a record */
+    uint64_t left = g->size - c->pos;
+    if (*n_kv > left / 14)
+        return fail(c, 16, "key/value count: %llu records cannot fit in the %llu bytes left",
+                    (unsigned long long)*n_kv, (unsigned long long)left);
+    if (*n_tensors > (left - *n_kv * 14) / 25)
+        return fail(c, 8, "tensor count: %llu records cannot fit in the %llu bytes left",
+                    (unsigned long long)*n_tensors, (unsigned long long)left);
+    return MOE_OK;
+}
+
+static moe_status parse_kvs(moe_gguf *g, cur *c, uint64_t n_kv) {
+    moe_status st;
+    size_t cap = 0;
+    g->alignment = GGUF_DEFAULT_ALIGN;
+    for (uint64_t i = 0; i < n_kv; i++) {
+        uint64_t at = c->pos;
+        uint32_t type;
+        char kbuf[80];
+        if ((st = grow((void **)&g->kv, &cap, (size_t)i, sizeof(kv_rec)))) return st;
+        kv_rec *kv = &g->kv[i];
+        g->n_kv = (int64_t)i + 1; /* from here on close() frees this record's str_off */
+        char what[48];
+        snprintf(what, sizeof what, "key #%llu", (unsigned long long)i);
+        if ((st = get_str(c, &kv->key, what))) return st;
+        if (kv->key.len == 0) return fail(c, at, "key #%llu: the key is empty", (unsigned long long)i);
+        printable(kv->key, kbuf, sizeof kbuf);
+        if (memchr(kv->key.ptr, 0, kv->key.len)) return fail(c, at, "key '%s': contains a NUL byte", kbuf);
+        uint64_t tat = c->pos;
+        if ((st = get_u32(c, &type, "value type"))) return st;
+        if (type > MOE_GGUF_TYPE_FLOAT64)
+            return fail(c, tat, "key '%s': value type %u is not a GGUF type (0..12)", kbuf, type);
+        kv->type = (int)type;
+        kv->arr_type = -1;
+        if ((st = parse_value(c, kv, kbuf))) return st;
+        if (str_eq(kv->key, "general.alignment", 17)) {
+            if (kv->type != MOE_GGUF_TYPE_UINT32)
+                return fail(c, tat, "key 'general.alignment': type %s, expected uint32", moe_gguf_type_name(kv->type));
+            uint32_t a = rd_u32(kv->val);
+            if (a == 0 || (a & (a - 1)))
+                return fail(c, (uint64_t)(kv->val - g->base), "key 'general.alignment': %u is not a power of two", a);
+            g->alignment = a;
+        }
+    }
+    size_t *tab, tab_n;
+    int64_t dup;
+    if ((st = build_hash(&tab, &tab_n, (size_t)n_kv, kv_name_at, g->kv, &dup))) return st;
+    free(tab);
+    if (dup >= 0) {
+        char kbuf[80];
+        moe_str k = g->kv[dup].key;
+        return fail(c, (uint64_t)((const uint8_t *)k.ptr - g->base) - 8, "key '%s': duplicate key",
+                    printable(k, kbuf, sizeof kbuf));
+    }
+    return MOE_OK;
+}
+
+static moe_status parse_tensor_infos(moe_gguf *g, cur *c, uint64_t n_tensors) {
+    moe_status st;
+    size_t cap = 0;
+    uint64_t expect_off = 0, A = g->alignment;
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        uint64_t at = c->pos;
+        uint32_t nd, type;
+        char nbuf[80];
+        if ((st = grow((void **)&g->tensor, &cap, (size_t)i, sizeof(moe_gguf_tensor)))) return st;
+        moe_gguf_tensor *t = &g->tensor[i];
+        char what[48];
+        snprintf(what, sizeof what, "tensor #%llu name", (unsigned long long)i);
+        if ((st = get_str(c, &t->name, what))) return st;
+        printable(t->name, nbuf, sizeof nbuf);
+        if (t->name.len == 0) return fail(c, at, "tensor #%llu: the name is empty", (unsigned long long)i);
+        if (t->name.len > GGUF_MAX_NAME)
+            return fail(c, at, "tensor '%s': name is %llu bytes (at most 63)", nbuf, (unsigned long long)t->name.len);
+        if (memchr(t->name.ptr, 0, t->name.len)) return fail(c, at, "tensor '%s': name contains a NUL byte", nbuf);
+        uint64_t dat = c->pos;
+        if ((st = get_u32(c, &nd, "tensor n_dims"))) return st;
+        if (nd > 4) return fail(c, dat, "tensor '%s': n_dims = %u (at most 4)", nbuf, nd);
+        t->n_dims = nd ? (int)nd : 1;
+        for (int d = 0; d < 4; d++) t->ne[d] = 1;
+        for (uint32_t d = 0; d < nd; d++) {
+            uint64_t v, vat = c->pos;
+            if ((st = get_u64(c, &v, "tensor ne"))) return st;
+            if ((int64_t)v < 0) return fail(c, vat, "tensor '%s': ne[%u] = %lld is negative", nbuf, d, (long long)v);
+            t->ne[d] = (int64_t)v;
+        }
+        uint64_t tat = c->pos;
+        if ((st = get_u32(c, &type, "tensor type"))) return st;
+        if (type >= MOE_DTYPE_COUNT || moe_dtype_block_size((int)type) == 0)
+            return fail(c, tat, "tensor '%s': type id %u is not a valid ggml type", nbuf, type);
+        t->type = (int)type;
+        if ((st = get_u64(c, &t->offset, "tensor offset"))) return st;
+        /* element count (must fit int64, as in ggml) and byte size, without overflow */
+        uint64_t nel = 1;
+        for (int d = 0; d < 4; d++) {
+            uint64_t e = (uint64_t)t->ne[d];
+            if (e && nel > (uint64_t)INT64_MAX / e)
+                return fail(c, dat + 4, "tensor '%s': element count %lld x %lld x %lld x %lld overflows int64", nbuf,
+                            (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
+            nel *= e;
+        }
+        int64_t bs = moe_dtype_block_size(t->type);
+        if (t->ne[0] % bs)
+            return fail(c, dat + 4, "tensor '%s': ne[0] = %lld is not a multiple of the %s block size %lld", nbuf,
+                        (long long)t->ne[0], moe_dtype_name(t->type), (long long)bs);
+        uint64_t blocks = nel / (uint64_t)bs, bb = moe_dtype_block_bytes(t->type);
+        if (blocks && bb > UINT64_MAX / blocks)
+            return fail(c, dat + 4, "tensor '%s': byte size overflows uint64", nbuf);
+        t->nbytes = blocks * bb;
+        if (t->nbytes > g->size)
+            return fail(c, dat + 4, "tensor '%s': %llu bytes of data cannot fit in a %llu-byte file", nbuf,
+                        (unsigned long long)t->nbytes, (unsigned long long)g->size);
+        if (t->offset != expect_off)
+            return fail(c, tat + 4, "tensor '%s': offset %llu, expected %llu (offsets must be consecutive, each "
+                        "tensor padded to the %llu-byte alignment)", nbuf, (unsigned long long)t->offset,
+                        (unsigned long long)expect_off, (unsigned long long)A);
+        /* nbytes <= size, so this cannot wrap; once past the file size no later tensor fits */
+        expect_off += (t->nbytes + A - 1) / A * A;
+        if (expect_off > g->size + A)
+            return fail(c, dat + 4, "tensor '%s': data up to offset %llu cannot fit in a %llu-byte file", nbuf,
+                        (unsigned long long)expect_off, (unsigned long long)g->size);
+        g->n_tensors = (int64_t)i + 1;
+    }
+    int64_t dup;
+    if ((st = build_hash(&g->hash, &g->hash_n, (size_t)n_tensors, tensor_name_at, g->tensor, &dup))) return st;
+    if (dup >= 0) {
+        char nbuf[80];
+        moe_str s = g->tensor[dup].name;
+        return fail(c, (uint64_t)((const uint8_t *)s.ptr - g->base) - 8, "tensor '%s': duplicate tensor name",
+                    printable(s, nbuf, sizeof nbuf));
+    }
     return MOE_OK;
 }
 
 static moe_status parse(moe_gguf *g, char *err, size_t errlen) {
     cur c = {g->base, 0, g->size, err, errlen};
     moe_status st;
-    uint32_t magic, version;
-    uint64_t n_tensors, n_kv;
-
-    if (g->size < 4) return fail(&c, 0, "file is %llu bytes, too short for the GGUF magic", (unsigned long long)g->size);
-    magic = rd_u32(g->base);
-    if (memcmp(g->base, "GGUF", 4) != 0) return fail(&c, 0, "bad magic 0x%08x (expected \"GGUF\")", magic);
-    c.pos = 4;
-    if ((st = get_u32(&c, &version, "version"))) return st;
-    if ((version & 0xffff) == 0)
-        return fail(&c, 4, "version 0x%08x looks byte-swapped (big-endian files are not supported)", version);
-    if (version == 1) return fail(&c, 4, "GGUF version 1 is not supported (only 2 and 3)");
-    if (version == 0 || version > 3) return fail(&c, 4, "unsupported GGUF version %u (only 2 and 3)", version);
-    g->version = version;
-    if ((st = get_u64(&c, &n_tensors, "tensor count"))) return st;
-    if ((int64_t)n_tensors < 0) return fail(&c, 8, "tensor count %lld is negative", (long long)n_tensors);
-    if ((st = get_u64(&c, &n_kv, "key/value count"))) return st;
-    if ((int64_t)n_kv < 0) return fail(&c, 16, "key/value count %lld is negative", (long long)n_kv);
-    /* each KV needs >= 8+1+4+1 bytes, each tensor info >= 8+1+4+4+8: reject lying counts early */
-    if (n_kv > (g->size - c.pos) / 13)
-        return fail(&c, 16, "key/value count %llu cannot fit in a %llu-byte file", (unsigned long long)n_kv,
-                    (unsigned long long)g->size);
-    if (n_tensors > (g->size - c.pos) / 25)
-        return fail(&c, 8, "tensor count %llu cannot fit in a %llu-byte file", (unsigned long long)n_tensors,
-                    (unsigned long long)g->size);
-
-    g->kv = calloc(n_kv ? n_kv : 1, sizeof(kv_rec));
-    g->tensor = calloc(n_tensors ? n_tensors : 1, sizeof(moe_gguf_tensor));
-    if (!g->kv || !g->tensor) return MOE_ERR_NOMEM;
-
-    /* duplicate-key table */
-    uint32_t kn = 16;
-    while (kn < 2 * n_kv) kn <<= 1;
-    uint32_t *kt = calloc(kn, sizeof(uint32_t));
-    if (!kt) return MOE_ERR_NOMEM;
-    g->alignment = GGUF_DEFAULT_ALIGN;
-    for (uint64_t i = 0; i < n_kv; i++) {
-        kv_rec *kv = &g->kv[i];
-        uint64_t at = c.pos;
-        uint32_t type;
-        char kbuf[96];
-        if ((st = get_str(&c, &kv->key, "key"))) goto out;
-        if (kv->key.len == 0) { st = fail(&c, at, "key #%llu is empty", (unsigned long long)i); goto out; }
-        snprintf(kbuf, sizeof kbuf, "%.*s", (int)(kv->key.len > 80 ? 80 : kv->key.len), kv->key.ptr);
-        for (uint32_t h = hash_bytes(kv->key.ptr, kv->key.len) & (kn - 1);; h = (h + 1) & (kn - 1)) {
-            if (!kt[h]) { kt[h] = (uint32_t)i + 1; break; }
-            if (str_eq(g->kv[kt[h] - 1].key, kv->key.ptr, kv->key.len)) {
-                st = fail(&c, at, "duplicate key '%s'", kbuf);
-                goto out;
-            }
-        }
-        uint64_t tat = c.pos;
-        if ((st = get_u32(&c, &type, "value type"))) goto out;
-        if (type > 12) { st = fail(&c, tat, "key '%s': value type %u is not a GGUF type", kbuf, type); goto out; }
-        kv->type = (int)type;
-        g->n_kv = (int64_t)i + 1; /* so cleanup frees str_off of this record too */
-        if ((st = parse_value(g, &c, kv, kbuf))) goto out;
-        if (str_eq(kv->key, "general.alignment", 17)) {
-            if (kv->type != MOE_GGUF_TYPE_UINT32) {
-                st = fail(&c, tat, "key 'general.alignment' has type %s, expected uint32", moe_gguf_type_name(kv->type));
-                goto out;
-            }
-            uint32_t a = rd_u32(kv->val);
-            if (a == 0 || (a & (a - 1))) {
-                st = fail(&c, (uint64_t)(kv->val - g->base), "general.alignment = %u is not a power of two", a);
-                goto out;
-            }
-            g->alignment = a;
-        }
-    }
-    free(kt);
-    kt = NULL;
-    g->n_kv = (int64_t)n_kv;
-
-    /* tensor infos */
-    uint32_t hn = 16;
-    while (hn < 2 * n_tensors) hn <<= 1;
-    g->hash = calloc(hn, sizeof(uint32_t));
-    g->hash_n = hn;
-    if (!g->hash) return MOE_ERR_NOMEM;
-    uint64_t expect_off = 0, A = g->alignment;
+    uint64_t n_tensors = 0, n_kv = 0;
+    if ((st = parse_header(g, &c, &n_tensors, &n_kv))) return st;
+    if ((st = parse_kvs(g, &c, n_kv))) return st;
+    if ((st = parse_tensor_infos(g, &c, n_tensors))) return st;
+    /* data section: starts at the next multiple of A after the infos (absolute offset) */
+    uint64_t A = g->alignment;
+    g->data_off = (c.pos + A - 1) / A * A;
+    if (!n_tensors) return MOE_OK; /* a metadata-only file may end right after the KVs */
+    if (g->data_off > g->size)
+        return fail(&c, c.pos, "data section: file ends at byte %llu, before the data section at %llu",
+                    (unsigned long long)g->size, (unsigned long long)g->data_off);
     for (uint64_t i = 0; i < n_tensors; i++) {
         moe_gguf_tensor *t = &g->tensor[i];
-        uint64_t at = c.pos;
-        uint32_t nd, type;
-        char nbuf[80];
-        if ((st = get_str(&c, &t->name, "tensor name"))) return st;
-        snprintf(nbuf, sizeof nbuf, "%.*s", (int)(t->name.len > 70 ? 70 : t->name.len), t->name.ptr);
-        if (t->name.len > GGUF_MAX_NAME)
-            return fail(&c, at, "tensor name '%s...' is %llu bytes (at most 63)", nbuf, (unsigned long long)t->name.len);
-        if (t->name.len == 0) return fail(&c, at, "tensor #%llu has an empty name", (unsigned long long)i);
-        for (uint32_t h = hash_bytes(t->name.ptr, t->name.len) & (hn - 1);; h = (h + 1) & (hn - 1)) {
-            if (!g->hash[h]) { g->hash[h] = (uint32_t)i + 1; break; }
-            if (str_eq(g->tensor[g->hash[h] - 1].name, t->name.ptr, t->name.len))
-                return fail(&c, at, "duplicate tensor name '%s'", nbuf);
+        if (t->offset > g->size - g->data_off || t->nbytes > g->size - g->data_off - t->offset) {
+            char nbuf[80];
+            return fail(&c, g->data_off + t->offset,
+                        "tensor '%s': data [%llu, %llu) runs past the end of the file (%llu bytes): truncated?",
+                        printable(t->name, nbuf, sizeof nbuf), (unsigned long long)(g->data_off + t->offset),
+                        (unsigned long long)(g->data_off + t->offset + t->nbytes), (unsigned long long)g->size);
         }
-        uint64_t dat = c.pos;
-        if ((st = get_u32(&c, &nd, "tensor n_dims"))) return st;
-        if (nd > 4) return fail(&c, dat, "tensor '%s': n_dims = %u (at most 4)", nbuf, nd);
-        t->n_dims = nd ? (int)nd : 1;
-        for (int d = 0; d < 4; d++) t->ne[d] = 1;
-        for (uint32_t d = 0; d < nd; d++) {
-            uint64_t v, vat = c.pos;
-            if ((st = get_u64(&c, &v, "tensor dimension"))) return st;
-            if ((int64_t)v < 0) return fail(&c, vat, "tensor '%s': ne[%u] = %lld is negative", nbuf, d, (long long)v);
-            t->ne[d] = (int64_t)v;
-        }
-        uint64_t tat = c.pos;
-        if ((st = get_u32(&c, &type, "tensor type"))) return st;
-        if (type >= MOE_DTYPE_COUNT || moe_dtype_block_size((int)type) == 0)
-            return fail(&c, tat, "tensor '%s': type id %u is not a valid ggml type", nbuf, type);
-        t->type = (int)type;
-        if ((st = get_u64(&c, &t->offset, "tensor offset"))) return st;
-        /* element count and byte size without overflow */
-        uint64_t nel = 1;
-        for (int d = 0; d < 4; d++) {
-            uint64_t e = (uint64_t)t->ne[d];
-            if (e && nel > (uint64_t)INT64_MAX / e)
-                return fail(&c, dat, "tensor '%s': element count overflows int64", nbuf);
-            nel *= e;
-        }
-        int64_t bs = moe_dtype_block_size(t->type);
-        if (t->ne[0] % bs)
-            return fail(&c, dat + 4, "tensor '%s': ne[0] = %lld is not a multiple of the %s block size %lld", nbuf,
-                        (long long)t->ne[0], moe_dtype_name(t->type), (long long)bs);
-        uint64_t blocks = nel / (uint64_t)bs, bb = moe_dtype_block_bytes(t->type);
-        if (blocks && bb > UINT64_MAX / blocks) return fail(&c, dat, "tensor '%s': byte size overflows", nbuf);
-        t->nbytes = blocks * bb;
-        if (t->nbytes > g->size) return fail(&c, dat, "tensor '%s': %llu bytes of data cannot fit in a %llu-byte file",
-                                             nbuf, (unsigned long long)t->nbytes, (unsigned long long)g->size);
-        if (t->offset != expect_off)
-            return fail(&c, tat + 4, "tensor '%s': data offset %llu, expected %llu (offsets must be consecutive and %llu-aligned)",
-                        nbuf, (unsigned long long)t->offset, (unsigned long long)expect_off, (unsigned long long)A);
-        expect_off += (t->nbytes + A - 1) / A * A;
-    }
-    g->n_tensors = (int64_t)n_tensors;
-    /* data section */
-    g->data_off = (c.pos + A - 1) / A * A;
-    if (n_tensors) {
-        if (g->data_off > g->size)
-            return fail(&c, c.pos, "file ends before the data section (expected at byte %llu)", (unsigned long long)g->data_off);
-        for (uint64_t i = 0; i < n_tensors; i++) {
-            moe_gguf_tensor *t = &g->tensor[i];
-            if (t->offset > g->size - g->data_off || t->nbytes > g->size - g->data_off - t->offset)
-                return fail(&c, g->data_off + t->offset,
-                            "tensor '%.*s': data [%llu, +%llu) runs past the end of the file (%llu bytes): file truncated?",
-                            (int)t->name.len, t->name.ptr, (unsigned long long)(g->data_off + t->offset),
-                            (unsigned long long)t->nbytes, (unsigned long long)g->size);
-            t->data = g->base + g->data_off + t->offset;
-        }
+        t->data = g->base + g->data_off + t->offset;
     }
     return MOE_OK;
-out:
-    free(kt);
-    return st;
 }
 
 static moe_status open_common(moe_gguf *g, moe_gguf **out, char *err, size_t errlen) {
@@ -381,7 +493,8 @@ moe_status moe_gguf_open_mem(const void *buf, size_t len, moe_gguf **out, char *
 
 moe_status moe_gguf_open(const char *path, moe_gguf **out, char *err, size_t errlen) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not hang; it is rejected as not a regular file below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (err) snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return MOE_ERR_IO;
@@ -435,16 +548,37 @@ uint64_t moe_gguf_file_size(const moe_gguf *g) { return g->size; }
 const void *moe_gguf_base(const moe_gguf *g) { return g->base; }
 int64_t moe_gguf_n_kv(const moe_gguf *g) { return g->n_kv; }
 int64_t moe_gguf_find_key(const moe_gguf *g, const char *key) { return find_key_n(g, key, strlen(key)); }
-moe_str moe_gguf_kv_key(const moe_gguf *g, int64_t i) { return g->kv[i].key; }
-int moe_gguf_kv_type(const moe_gguf *g, int64_t i) { return g->kv[i].type; }
-int moe_gguf_arr_type(const moe_gguf *g, int64_t i) { return g->kv[i].type == MOE_GGUF_TYPE_ARRAY ? g->kv[i].arr_type : -1; }
-uint64_t moe_gguf_arr_n(const moe_gguf *g, int64_t i) { return g->kv[i].type == MOE_GGUF_TYPE_ARRAY ? g->kv[i].arr_n : 0; }
-const void *moe_gguf_arr_data(const moe_gguf *g, int64_t i) { return g->kv[i].val; }
+
+/* Accessors by index check the index, so a caller's off-by-one cannot read outside the
+ * parsed records: a bad index gives an empty key, type -1, count 0 or NULL. */
+static const kv_rec *kv_at(const moe_gguf *g, int64_t i) { return i >= 0 && i < g->n_kv ? &g->kv[i] : NULL; }
+
+moe_str moe_gguf_kv_key(const moe_gguf *g, int64_t i) {
+    moe_str none = {"", 0};
+    const kv_rec *kv = kv_at(g, i);
+    return kv ? kv->key : none;
+}
+int moe_gguf_kv_type(const moe_gguf *g, int64_t i) {
+    const kv_rec *kv = kv_at(g, i);
+    return kv ? kv->type : -1;
+}
+int moe_gguf_arr_type(const moe_gguf *g, int64_t i) {
+    const kv_rec *kv = kv_at(g, i);
+    return kv && kv->type == MOE_GGUF_TYPE_ARRAY ? kv->arr_type : -1;
+}
+uint64_t moe_gguf_arr_n(const moe_gguf *g, int64_t i) {
+    const kv_rec *kv = kv_at(g, i);
+    return kv && kv->type == MOE_GGUF_TYPE_ARRAY ? kv->arr_n : 0;
+}
+const void *moe_gguf_arr_data(const moe_gguf *g, int64_t i) {
+    const kv_rec *kv = kv_at(g, i);
+    return kv ? kv->val : NULL;
+}
 
 moe_str moe_gguf_arr_str(const moe_gguf *g, int64_t i, uint64_t j) {
     moe_str s = {"", 0};
-    const kv_rec *kv = &g->kv[i];
-    if (kv->type != MOE_GGUF_TYPE_ARRAY || kv->arr_type != MOE_GGUF_TYPE_STRING || j >= kv->arr_n) return s;
+    const kv_rec *kv = kv_at(g, i);
+    if (!kv || kv->type != MOE_GGUF_TYPE_ARRAY || kv->arr_type != MOE_GGUF_TYPE_STRING || j >= kv->arr_n) return s;
     const uint8_t *p = g->base + kv->str_off[j];
     s.len = rd_u64(p);
     s.ptr = (const char *)p + 8;
@@ -531,7 +665,7 @@ const moe_gguf_tensor *moe_gguf_tensor_at(const moe_gguf *g, int64_t i) {
 const moe_gguf_tensor *moe_gguf_find_tensor(const moe_gguf *g, const char *name) {
     size_t n = strlen(name);
     if (!g->hash_n) return NULL;
-    for (uint32_t h = hash_bytes(name, n) & (g->hash_n - 1);; h = (h + 1) & (g->hash_n - 1)) {
+    for (size_t h = hash_bytes(name, n) & (g->hash_n - 1);; h = (h + 1) & (g->hash_n - 1)) {
         if (!g->hash[h]) return NULL;
         const moe_gguf_tensor *t = &g->tensor[g->hash[h] - 1];
         if (str_eq(t->name, name, n)) return t;
@@ -582,7 +716,14 @@ void moe_gguf_writer_free(moe_gguf_writer *w) {
 }
 
 static moe_status add_kv(moe_gguf_writer *w, const char *key, int type, int arr_type, const void *blob, size_t len) {
-    if (!key || !*key) return MOE_ERR_INVAL;
+    if (!key || !*key || strlen(key) > GGUF_MAX_LEN) return MOE_ERR_INVAL;
+    if (strcmp(key, "general.alignment") == 0) {
+        /* the reader (ours and llama.cpp's) rejects any other type or a non-power of two */
+        uint32_t a;
+        if (type != MOE_GGUF_TYPE_UINT32) return MOE_ERR_INVAL;
+        memcpy(&a, blob, 4);
+        if (a == 0 || (a & (a - 1))) return MOE_ERR_INVAL;
+    }
     for (size_t i = 0; i < w->n_kv; i++)
         if (strcmp(w->kv[i].key, key) == 0) return MOE_ERR_INVAL;
     if (w->n_kv == w->cap_kv) {
@@ -610,7 +751,6 @@ static moe_status add_kv(moe_gguf_writer *w, const char *key, int type, int arr_
 }
 
 moe_status moe_gguf_writer_set_u32(moe_gguf_writer *w, const char *key, uint32_t v) {
-    if (strcmp(key, "general.alignment") == 0 && (v == 0 || (v & (v - 1)))) return MOE_ERR_INVAL;
     return add_kv(w, key, MOE_GGUF_TYPE_UINT32, -1, &v, 4);
 }
 moe_status moe_gguf_writer_set_i32(moe_gguf_writer *w, const char *key, int32_t v) {
@@ -724,6 +864,7 @@ moe_status moe_gguf_writer_add_tensor(moe_gguf_writer *w, const char *name, int 
     for (int d = 0; d < 4; d++) {
         t->ne[d] = d < n_dims ? ne[d] : 1;
         if (t->ne[d] < 0) return MOE_ERR_INVAL;
+        if (t->ne[d] && nel > (uint64_t)INT64_MAX / (uint64_t)t->ne[d]) return MOE_ERR_INVAL;
         nel *= (uint64_t)t->ne[d];
     }
     if (t->ne[0] % moe_dtype_block_size(type)) return MOE_ERR_INVAL;
