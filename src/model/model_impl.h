@@ -1,0 +1,76 @@
+/* moekit model: struct bodies shared inside src/model (not public). */
+#ifndef MOE_MODEL_IMPL_H
+#define MOE_MODEL_IMPL_H
+
+#include "core/pool.h"
+#include "kern/kern.h"
+#include "moe/model.h"
+
+/* A weight split into equal per-head or per-expert slices: slice k is `w` with its data moved
+ * by k·stride bytes. */
+typedef struct sliced_w {
+    moe_wview w;   /* slice 0 */
+    size_t stride; /* bytes between slices */
+} sliced_w;
+
+typedef struct layer_w {
+    const float *attn_norm, *q_a_norm, *kv_a_norm, *ffn_norm; /* (D), (Lq), (Lkv), (D) */
+    moe_wview q_a, q_b, q;     /* [D→Lq], [Lq→H·Dk], [D→H·Dk] */
+    moe_wview kv_a;            /* [D→Lkv+R] */
+    sliced_w k_b;              /* per head [Dn→Lkv] (absorbed: q̃ = k_b_h · q_nope_h) */
+    sliced_w v_b;              /* per head [Lkv→Dv] */
+    moe_wview attn_out;        /* [H·Dv→D] */
+    /* dense */
+    moe_wview gate, up, down;  /* [D→F], [D→F], [F→D] */
+    /* MoE */
+    moe_wview gate_inp;        /* [D→E] router */
+    const float *exp_probs_b;  /* (E) or NULL */
+    sliced_w gate_exps, up_exps; /* per expert [D→Fe]; with fused gate_up, up = gate + Fe rows */
+    sliced_w down_exps;        /* per expert [Fe→D] */
+    moe_wview gate_sh, up_sh, down_sh; /* [D→Fe·S], [D→Fe·S], [Fe·S→D] */
+    int is_moe;
+} layer_w;
+
+struct moe_model {
+    moe_hparams hp;
+    const moe_gguf *g;   /* borrowed or owned (owns_g) */
+    int owns_g;
+    moe_wview tok_embd;  /* [D→V] rows looked up */
+    moe_wview output;    /* [D→V] (token_embd when tied) */
+    const float *output_norm;
+    layer_w *layers;     /* owned, L */
+    void *owned;         /* owned: f32 copies of 1-D tensors stored in other types, legacy k_b */
+    size_t owned_used, owned_cap;
+    int32_t dn;          /* Dn = Dk − R */
+    uint64_t weight_bytes, active_bytes;
+    int main_type;       /* most common weight type, for describe */
+};
+
+struct moe_ctx {
+    moe_model *m;
+    moe_pool *pool;
+    int32_t n_ctx, n_batch, pos;
+    float *kv;           /* (L, n_ctx, Lkv+R) latent cache: [c_kv, roped k_pe]; mmapped */
+    size_t kv_bytes;
+    void *mem;           /* step buffers, carved below */
+    float *x, *h, *t0;   /* (B, D), (B, D), (B, max width) */
+    float *qa, *q, *kvb; /* (B, Lq), (B, H·Dk), (B, Lkv+R) */
+    float *qt, *u, *o;   /* (B, H, Lkv+R), (B, H, Lkv), (B, H·Dv) */
+    float *fa, *fb;      /* (B, max(F, Fe·S, Fe)) */
+    float *xe, *ye;      /* (B, D) gathered tokens / expert output */
+    float *router;       /* (B, E) */
+    int32_t *sel;        /* (B, K) selected experts */
+    float *selw;         /* (B, K) their weights */
+    int32_t *ex_tok;     /* (B·K) token index grouped by expert */
+    float *ex_w;         /* (B·K) weight grouped by expert */
+    int32_t *ex_off;     /* (E+1) */
+    float *rope;         /* (B, R): cos/sin pairs per token */
+    float *scores;       /* (n_threads, n_ctx) */
+    float *scratch;      /* (n_threads, scratch_per_thread) */
+    size_t scratch_per_thread;
+    float *logits;       /* (V) last position */
+    uint64_t *counts;    /* (L, E) routing counters */
+    char err[256];
+};
+
+#endif
