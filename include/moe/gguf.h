@@ -89,6 +89,11 @@ int moe_gguf_arr_type(const moe_gguf *g, int64_t i);
 uint64_t moe_gguf_arr_n(const moe_gguf *g, int64_t i);
 /* For numeric arrays: pointer to the packed little-endian elements (may be unaligned). */
 const void *moe_gguf_arr_data(const moe_gguf *g, int64_t i);
+/* Pointer to record i's encoded value inside the file (may be unaligned): scalars: the value;
+ * STRING: the u64 length then the bytes; ARRAY: the first element. NULL for a bad index. */
+const void *moe_gguf_kv_data(const moe_gguf *g, int64_t i);
+/* Size in bytes of a scalar value type (1, 2, 4 or 8); 0 for STRING, ARRAY and invalid ids. */
+size_t moe_gguf_type_size(int type);
 /* For STRING arrays: element j (O(1): an offset index is built at open). */
 moe_str moe_gguf_arr_str(const moe_gguf *g, int64_t i, uint64_t j);
 
@@ -101,6 +106,9 @@ moe_status moe_gguf_get_u64(const moe_gguf *g, const char *key, uint64_t *out);
 moe_status moe_gguf_get_f32(const moe_gguf *g, const char *key, float *out);
 moe_status moe_gguf_get_bool(const moe_gguf *g, const char *key, int *out);
 moe_status moe_gguf_get_str(const moe_gguf *g, const char *key, moe_str *out);
+/* Any scalar type: copies moe_gguf_type_size(type) bytes into out when the stored type is
+ * exactly `type` (MOE_ERR_INVAL if `type` is not a scalar type). */
+moe_status moe_gguf_get_scalar(const moe_gguf *g, const char *key, int type, void *out);
 /* Array getter: checks the key is an ARRAY of element type `elem_type`. */
 moe_status moe_gguf_get_arr(const moe_gguf *g, const char *key, int elem_type, int64_t *index,
                             uint64_t *n);
@@ -123,6 +131,10 @@ moe_status moe_gguf_writer_set_u32(moe_gguf_writer *w, const char *key, uint32_t
 moe_status moe_gguf_writer_set_i32(moe_gguf_writer *w, const char *key, int32_t v);
 moe_status moe_gguf_writer_set_f32(moe_gguf_writer *w, const char *key, float v);
 moe_status moe_gguf_writer_set_bool(moe_gguf_writer *w, const char *key, int v);
+moe_status moe_gguf_writer_set_u64(moe_gguf_writer *w, const char *key, uint64_t v);
+/* Any scalar type (UINT8 ... FLOAT64 except STRING/ARRAY): moe_gguf_type_size(type) bytes
+ * from *v, little-endian. */
+moe_status moe_gguf_writer_set_scalar(moe_gguf_writer *w, const char *key, int type, const void *v);
 moe_status moe_gguf_writer_set_str(moe_gguf_writer *w, const char *key, const char *v);
 moe_status moe_gguf_writer_set_strn(moe_gguf_writer *w, const char *key, const char *v,
                                     uint64_t len);

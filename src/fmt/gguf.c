@@ -574,6 +574,11 @@ const void *moe_gguf_arr_data(const moe_gguf *g, int64_t i) {
     const kv_rec *kv = kv_at(g, i);
     return kv ? kv->val : NULL;
 }
+const void *moe_gguf_kv_data(const moe_gguf *g, int64_t i) {
+    const kv_rec *kv = kv_at(g, i);
+    return kv ? kv->val : NULL;
+}
+size_t moe_gguf_type_size(int type) { return scalar_size(type); }
 
 moe_str moe_gguf_arr_str(const moe_gguf *g, int64_t i, uint64_t j) {
     moe_str s = {"", 0};
@@ -641,6 +646,14 @@ moe_status moe_gguf_get_str(const moe_gguf *g, const char *key, moe_str *out) {
         out->len = rd_u64(v);
         out->ptr = (const char *)v + 8;
     }
+    return st;
+}
+moe_status moe_gguf_get_scalar(const moe_gguf *g, const char *key, int type, void *out) {
+    const uint8_t *v;
+    size_t es = scalar_size(type);
+    if (!es) return MOE_ERR_INVAL;
+    moe_status st = get_typed(g, key, type, &v);
+    if (!st) memcpy(out, v, es);
     return st;
 }
 moe_status moe_gguf_get_arr(const moe_gguf *g, const char *key, int elem_type, int64_t *index, uint64_t *n) {
@@ -762,6 +775,15 @@ moe_status moe_gguf_writer_set_f32(moe_gguf_writer *w, const char *key, float v)
 moe_status moe_gguf_writer_set_bool(moe_gguf_writer *w, const char *key, int v) {
     uint8_t b = v ? 1 : 0;
     return add_kv(w, key, MOE_GGUF_TYPE_BOOL, -1, &b, 1);
+}
+moe_status moe_gguf_writer_set_u64(moe_gguf_writer *w, const char *key, uint64_t v) {
+    return add_kv(w, key, MOE_GGUF_TYPE_UINT64, -1, &v, 8);
+}
+moe_status moe_gguf_writer_set_scalar(moe_gguf_writer *w, const char *key, int type, const void *v) {
+    size_t es = scalar_size(type);
+    if (!es || !v) return MOE_ERR_INVAL;
+    if (type == MOE_GGUF_TYPE_BOOL) return moe_gguf_writer_set_bool(w, key, *(const uint8_t *)v);
+    return add_kv(w, key, type, -1, v, es);
 }
 moe_status moe_gguf_writer_set_strn(moe_gguf_writer *w, const char *key, const char *v, uint64_t len) {
     if (len > GGUF_MAX_LEN) return MOE_ERR_INVAL;
