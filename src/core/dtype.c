@@ -1,8 +1,8 @@
 /* moekit core: element types, scalar float conversions, row (de)quantization.
  *
  * Bit behaviour follows ggml's reference code as written down in spec gguf.md §8–9:
- * F16 and BF16 conversions round to nearest even; Q8_0 quantization reproduces
- * quantize_row_q8_0_ref exactly. Dequantization is exact (one binary32 multiply per value
+ * F16 and BF16 conversions round to nearest even; Q8_0 and Q4_0 quantization reproduce
+ * quantize_row_q8_0_ref / quantize_row_q4_0_ref exactly. Dequantization is exact (one binary32 multiply per value
  * for Q8_0). These are the scalar reference paths; SIMD paths in kern/cpu are tested
  * against them. */
 #include <math.h>
@@ -264,6 +264,30 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
             d8[0] = (uint8_t)h;
             d8[1] = (uint8_t)(h >> 8);
             for (int j = 0; j < 32; j++) d8[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        }
+        return 0;
+    case MOE_DTYPE_Q4_0:
+        /* quantize_row_q4_0_ref (spec gguf.md §9.2): the signed value of largest magnitude (first
+         * one on ties) maps to -8; q = min(15, (int8)(x*id + 8.5f)), truncation toward zero. */
+        if (n % 32) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 32; b++, d8 += 18) {
+            const float *x = src + b * 32;
+            float amax = 0.0f, max = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                if (amax < fabsf(x[j])) {
+                    amax = fabsf(x[j]);
+                    max = x[j];
+                }
+            }
+            float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            uint16_t h = moe_f32_to_f16(d);
+            d8[0] = (uint8_t)h;
+            d8[1] = (uint8_t)(h >> 8);
+            for (int j = 0; j < 16; j++) {
+                int8_t q0 = (int8_t)(x[j] * id + 8.5f), q1 = (int8_t)(x[j + 16] * id + 8.5f);
+                uint8_t u0 = (uint8_t)(q0 < 15 ? q0 : 15), u1 = (uint8_t)(q1 < 15 ? q1 : 15);
+                d8[2 + j] = (uint8_t)(u0 | (u1 << 4));
+            }
         }
         return 0;
     default: return MOE_ERR_UNSUPPORTED;
