@@ -26,7 +26,7 @@ fuzz: deps
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
 
 # The whole default suite: unit + vector tests, then the sanitizer pass, then bounded fuzzing.
-test: test-fast test-asan
+test: test-fast test-asan test-fuzz
 
 test-fast: build
 	@cd $(BUILD) && ctest -LE "slow|gpu|mpi" --output-on-failure -j $(JOBS)
