@@ -142,6 +142,7 @@ void moe_tok_free(moe_tok *t) {
     free(t->spec_hash);
     free(t->spec_lens);
     free(t->bmp_fl);
+    free(t->word_hash);
     free(t);
 }
 
@@ -258,6 +259,8 @@ static moe_status build_pieces(moe_tok *t) {
     }
     return MOE_OK;
 }
+
+static moe_status build_word_cache(moe_tok *t);
 
 static int cmp_special(const void *a, const void *b, void *ud) {
     const moe_tok *t = ud;
@@ -557,6 +560,14 @@ moe_status moe_tok_init_from_gguf(const moe_gguf *g, moe_tok **out, char *err, s
         if ((st = add_merge(t, a, b, (int32_t)i, r))) goto fail;
     }
 
+    for (int a = 0; a < 256; a++)
+        for (int b = 0; b < 256; b++) {
+            const struct merge_ent *e =
+                t->byte_id[a] >= 0 && t->byte_id[b] >= 0 ? merge_find(t, t->byte_id[a], t->byte_id[b]) : NULL;
+            t->byte_pair[a][b].rank = e ? e->rank : -1;
+            t->byte_pair[a][b].result = e ? e->result : -1;
+        }
+
     t->bmp_fl = malloc(65536 * sizeof *t->bmp_fl);
     if (!t->bmp_fl) goto nomem;
     for (uint32_t cp = 0; cp < 65536; cp++) t->bmp_fl[cp] = moe_pretok_flags(cp);
@@ -566,6 +577,7 @@ moe_status moe_tok_init_from_gguf(const moe_gguf *g, moe_tok **out, char *err, s
         goto fail;
     }
     if ((st = build_specials(t))) goto nomem;
+    if ((st = build_word_cache(t))) goto nomem;
     *out = t;
     return MOE_OK;
 nomem:
@@ -599,6 +611,7 @@ typedef struct bpe_sym {
     int32_t id;
     uint32_t start, len; /* span in the word's bytes; len 0 = merged away */
     int32_t prev, next;
+    int32_t rank, res; /* short-word path: pair (this, next) */
 } bpe_sym;
 
 typedef struct bpe_cand {
@@ -651,15 +664,6 @@ static bpe_cand heap_pop(bpe_cand *h, size_t *n) {
     return top;
 }
 
-static void try_pair(const moe_tok *t, bpe_sym *sym, bpe_cand *heap, size_t *hn, int32_t l, int32_t r) {
-    if (l < 0 || r < 0) return;
-    if (sym[l].id < 0 || sym[r].id < 0) return;
-    const struct merge_ent *e = merge_find(t, sym[l].id, sym[r].id);
-    if (!e) return;
-    bpe_cand c = {e->rank, (uint32_t)l, (uint32_t)r, sym[l].len + sym[r].len};
-    heap_push(heap, hn, c);
-}
-
 static int emit_symbol(const moe_tok *t, const uint8_t *w, const bpe_sym *s, idvec *out) {
     int32_t id = s->id;
     if (id >= 0 && t->type[id] != MOE_TOK_TYPE_CONTROL && t->type[id] != MOE_TOK_TYPE_UNKNOWN)
@@ -675,11 +679,55 @@ static int emit_symbol(const moe_tok *t, const uint8_t *w, const bpe_sym *s, idv
     return 0;
 }
 
-/* BPE over one word (its UTF-8 bytes); appends ids */
-static int bpe_word(const moe_tok *t, enc_scratch *sc, const uint8_t *w, size_t n, idvec *out) {
+/* id of the token whose decoded bytes are w[0..n) and which BPE turns w into, or -1 */
+static int32_t word_lookup(const moe_tok *t, const uint8_t *w, size_t n) {
+    size_t m = t->word_hash_n - 1;
+    for (size_t k = (size_t)mix64(hash_bytes(w, n, HASH_SEED)) & m;; k = (k + 1) & m) {
+        uint32_t v = t->word_hash[k];
+        if (!v) return -1;
+        uint32_t o = t->piece_off[v - 1];
+        if (t->piece_off[v] - o == n && !memcmp(t->piece + o, w, n)) return (int32_t)(v - 1);
+    }
+}
+
+/* rank and result of merging symbols l and r of word w, or rank -1 */
+static inline int32_t pair_rank(const moe_tok *t, const uint8_t *w, const bpe_sym *l, const bpe_sym *r,
+                                int32_t *res) {
+    if (l->len == 1 && r->len == 1) { /* both still single bytes: dense table, no hashing */
+        const struct byte_pair *bp = &t->byte_pair[w[l->start]][w[r->start]];
+        *res = bp->result;
+        return bp->rank;
+    }
+    if (l->id < 0 || r->id < 0) return -1;
+    const struct merge_ent *e = merge_find(t, l->id, r->id);
+    if (!e) return -1;
+    *res = e->result;
+    return e->rank;
+}
+
+static void try_pair(const moe_tok *t, const uint8_t *w, bpe_sym *sym, bpe_cand *heap, size_t *hn,
+                     int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return;
+    int32_t res;
+    int32_t rank = pair_rank(t, w, &sym[l], &sym[r], &res);
+    if (rank < 0) return;
+    bpe_cand c = {rank, (uint32_t)l, (uint32_t)r, sym[l].len + sym[r].len};
+    heap_push(heap, hn, c);
+}
+
+/* BPE over one word (its UTF-8 bytes); appends ids.
+ * Short words: each step scans the live pairs for the lowest (rank, position); long words: a
+ * binary heap with lazy deletion, as llama.cpp. Both pick the same merge at every step (the
+ * live pair of lowest rank, leftmost on ties), which test_tok_bpe checks on random words. */
+static int bpe_word(const moe_tok *t, enc_scratch *sc, const uint8_t *w, size_t n, int heap_only,
+                    idvec *out) {
     if (n == 1) {
-        bpe_sym s = {t->byte_id[w[0]], 0, 1, -1, -1};
+        bpe_sym s = {t->byte_id[w[0]], 0, 1, -1, -1, -1, -1};
         return emit_symbol(t, w, &s, out);
+    }
+    if (t->word_hash && n <= t->max_word_len && !heap_only) {
+        int32_t id = word_lookup(t, w, n);
+        if (id >= 0) return idvec_push(out, id);
     }
     if (n > sc->sym_cap) {
         size_t cap = sc->sym_cap ? sc->sym_cap : 64;
@@ -694,8 +742,6 @@ static int bpe_word(const moe_tok *t, enc_scratch *sc, const uint8_t *w, size_t 
         sc->sym_cap = cap;
     }
     bpe_sym *sym = sc->sym;
-    bpe_cand *heap = sc->heap;
-    size_t hn = 0;
     for (size_t i = 0; i < n; i++) {
         sym[i].id = t->byte_id[w[i]];
         sym[i].start = (uint32_t)i;
@@ -703,18 +749,45 @@ static int bpe_word(const moe_tok *t, enc_scratch *sc, const uint8_t *w, size_t 
         sym[i].prev = (int32_t)i - 1;
         sym[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
     }
-    for (size_t i = 0; i + 1 < n; i++) try_pair(t, sym, heap, &hn, (int32_t)i, (int32_t)i + 1);
-    while (hn) {
-        bpe_cand c = heap_pop(heap, &hn);
-        bpe_sym *l = &sym[c.left], *r = &sym[c.right];
-        if (!l->len || !r->len || l->len + r->len != c.len) continue; /* stale */
-        l->id = merge_find(t, l->id, r->id)->result;
-        l->len += r->len;
-        r->len = 0;
-        l->next = r->next;
-        if (r->next >= 0) sym[r->next].prev = (int32_t)c.left;
-        try_pair(t, sym, heap, &hn, l->prev, (int32_t)c.left);
-        try_pair(t, sym, heap, &hn, (int32_t)c.left, l->next);
+    if (n <= 24 && !heap_only) {
+        /* rank[i]/res[i]: pair (i, next(i)) */
+        for (size_t i = 0; i + 1 < n; i++) sym[i].rank = pair_rank(t, w, &sym[i], &sym[i + 1], &sym[i].res);
+        sym[n - 1].rank = -1;
+        for (;;) {
+            int32_t best = -1, br = INT32_MAX;
+            for (int32_t i = 0; i >= 0; i = sym[i].next)
+                if (sym[i].rank >= 0 && sym[i].rank < br) {
+                    br = sym[i].rank;
+                    best = i;
+                }
+            if (best < 0) break;
+            bpe_sym *l = &sym[best], *r = &sym[l->next];
+            l->id = l->res;
+            l->len += r->len;
+            r->len = 0;
+            l->next = r->next;
+            if (r->next >= 0) sym[r->next].prev = best;
+            l->rank = l->next >= 0 ? pair_rank(t, w, l, &sym[l->next], &l->res) : -1;
+            if (l->prev >= 0) sym[l->prev].rank = pair_rank(t, w, &sym[l->prev], l, &sym[l->prev].res);
+        }
+    } else {
+        bpe_cand *heap = sc->heap;
+        size_t hn = 0;
+        for (size_t i = 0; i + 1 < n; i++) try_pair(t, w, sym, heap, &hn, (int32_t)i, (int32_t)i + 1);
+        while (hn) {
+            bpe_cand c = heap_pop(heap, &hn);
+            bpe_sym *l = &sym[c.left], *r = &sym[c.right];
+            if (!l->len || !r->len || l->len + r->len != c.len) continue; /* stale */
+            int32_t res = -1;
+            pair_rank(t, w, l, r, &res);
+            l->id = res;
+            l->len += r->len;
+            r->len = 0;
+            l->next = r->next;
+            if (r->next >= 0) sym[r->next].prev = (int32_t)c.left;
+            try_pair(t, w, sym, heap, &hn, l->prev, (int32_t)c.left);
+            try_pair(t, w, sym, heap, &hn, (int32_t)c.left, l->next);
+        }
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)
         if (emit_symbol(t, w, &sym[i], out)) return -1;
@@ -722,7 +795,7 @@ static int bpe_word(const moe_tok *t, enc_scratch *sc, const uint8_t *w, size_t 
 }
 
 static int encode_raw(const moe_tok *t, enc_scratch *sc, const uint8_t *s, size_t n, int byte_exact,
-                      idvec *out) {
+                      int heap_only, idvec *out) {
     if (!n) return 0;
     long nc = moe_pretok_decode(t, &sc->pt, s, n);
     if (nc < 0) return -1;
@@ -733,7 +806,7 @@ static int encode_raw(const moe_tok *t, enc_scratch *sc, const uint8_t *s, size_
     for (size_t p = 0; p + 1 < nb; p++) {
         uint32_t a = bnd[p], b = bnd[p + 1];
         if (!reencode) {
-            if (bpe_word(t, sc, s + off[a], off[b] - off[a], out)) return -1;
+            if (bpe_word(t, sc, s + off[a], off[b] - off[a], heap_only, out)) return -1;
             continue;
         }
         size_t need = 4 * (size_t)(b - a);
@@ -745,9 +818,48 @@ static int encode_raw(const moe_tok *t, enc_scratch *sc, const uint8_t *s, size_
         }
         size_t wl = 0;
         for (uint32_t k = a; k < b; k++) wl += (size_t)moe_utf8_put(sc->pt.cp[k], sc->word + wl);
-        if (bpe_word(t, sc, sc->word, wl, out)) return -1;
+        if (bpe_word(t, sc, sc->word, wl, heap_only, out)) return -1;
     }
     return 0;
+}
+
+/* Whole-word shortcut: most words of real text are one token. For every NORMAL token whose
+ * BPE over its own decoded bytes gives back exactly that token, map those bytes to it; encode
+ * then emits such words with one hash lookup. Exact by construction (checked with the BPE). */
+static moe_status build_word_cache(moe_tok *t) {
+    moe_status st = MOE_ERR_NOMEM;
+    enc_scratch sc;
+    memset(&sc, 0, sizeof sc);
+    idvec v = {0};
+    uint32_t *h = NULL;
+    size_t hn = pow2_at_least(2 * (size_t)t->n_vocab);
+    uint32_t maxl = 0;
+    h = calloc(hn, sizeof *h);
+    if (!h) goto cleanup;
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        if (t->type[id] != MOE_TOK_TYPE_NORMAL) continue;
+        uint32_t o = t->piece_off[id], n = t->piece_off[id + 1] - o;
+        if (n < 2 || n > 128) continue;
+        const uint8_t *w = (const uint8_t *)t->piece + o;
+        v.n = 0;
+        if (bpe_word(t, &sc, w, n, 0, &v)) goto cleanup;
+        if (v.n != 1 || v.v[0] != id) continue;
+        size_t k = (size_t)mix64(hash_bytes(w, n, HASH_SEED)) & (hn - 1);
+        while (h[k]) k = (k + 1) & (hn - 1); /* pieces of NORMAL tokens are distinct */
+        h[k] = (uint32_t)id + 1;
+        if (n > maxl) maxl = n;
+    }
+    t->word_hash = h;
+    t->word_hash_n = hn;
+    t->max_word_len = maxl;
+    h = NULL;
+    st = MOE_OK;
+cleanup:
+    free(h);
+    free(v.v);
+    free(sc.sym);
+    free(sc.heap);
+    return st;
 }
 
 moe_status moe_tok_encode_ex(const moe_tok *t, const char *text, size_t len, unsigned flags,
@@ -762,6 +874,7 @@ moe_status moe_tok_encode_ex(const moe_tok *t, const char *text, size_t len, uns
     const uint8_t *s = (const uint8_t *)text;
     int parse_special = (flags & MOE_TOK_PARSE_SPECIAL) != 0;
     int byte_exact = (flags & MOE_TOK_BYTE_EXACT) != 0;
+    int heap_only = (flags & MOE_TOK_FLAG_HEAP_ONLY) != 0;
 
     if ((flags & MOE_TOK_ADD_BOS) && t->add_bos && t->bos >= 0 && idvec_push(&out, t->bos)) goto nomem;
 
@@ -844,7 +957,7 @@ moe_status moe_tok_encode_ex(const moe_tok *t, const char *text, size_t len, uns
             }
             size_t j = i;
             while (j < len && !sc.claimed[j]) j++;
-            if (encode_raw(t, &sc, s + i, j - i, byte_exact, &out)) {
+            if (encode_raw(t, &sc, s + i, j - i, byte_exact, heap_only, &out)) {
                 free(tok_at);
                 goto nomem;
             }
@@ -859,7 +972,7 @@ moe_status moe_tok_encode_ex(const moe_tok *t, const char *text, size_t len, uns
         free(tok_at);
         goto nomem;
     }
-    if (encode_raw(t, &sc, s, len, byte_exact, &out)) goto nomem;
+    if (encode_raw(t, &sc, s, len, byte_exact, heap_only, &out)) goto nomem;
 done:
     if ((flags & MOE_TOK_ADD_BOS) && t->add_eos && t->eos >= 0 && idvec_push(&out, t->eos)) goto nomem;
     *ids = out.v;

@@ -7,6 +7,9 @@
 
 #include "moe/tok.h"
 
+/* Testing only: always use the heap BPE (the short-word scan is checked against it). */
+#define MOE_TOK_FLAG_HEAP_ONLY (1u << 30)
+
 /* Pre-tokenizer kinds (tokenizer.ggml.pre). */
 enum { PT_DEFAULT = 0, PT_DEEPSEEK_LLM = 1, PT_DEEPSEEK_V3 = 2 };
 
@@ -63,6 +66,9 @@ struct moe_tok {
     size_t merge_n; /* power of two */
     uint32_t n_merges;
 
+    struct byte_pair {
+        int32_t rank, result; /* rank -1: no merge */
+    } byte_pair[256][256];    /* merges of two byte symbols, by byte (512 KiB, stays in cache) */
     int32_t byte_id[256];     /* id of the byte-level symbol of each byte, -1 if absent */
     int32_t onebyte_id[256];  /* id of the token whose text is exactly that one byte, or -1 */
     uint8_t unicode_of[256][3]; /* UTF-8 of each byte's byte-level symbol: len, b0, b1 */
@@ -80,6 +86,9 @@ struct moe_tok {
     uint32_t n_spec_lens;
     uint8_t spec_first[256]; /* 1 if some special text starts with this byte */
 
+    uint32_t *word_hash; /* owned: decoded bytes of a one-token word -> id + 1 (see tok.c) */
+    size_t word_hash_n;
+    uint32_t max_word_len;
     uint16_t *bmp_fl; /* owned (65536): CF_* flags of U+0000..U+FFFF */
 };
 
