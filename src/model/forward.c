@@ -1,14 +1,18 @@
-/* moekit model: contexts and the deepseek2 forward pass (spec deepseek2.md §4).
+/* moekit model: the deepseek2 forward pass over one engine step (spec deepseek2.md §4).
  *
- * A step takes B ≤ n_batch tokens of one sequence at positions pos … pos+B−1:
+ * A step takes B ≤ n_batch tokens from one or more sequences; token t sits at position
+ * tok_pos[t] of its own sequence and attends to that sequence's cache only:
  *   x = embed(tokens)                                              (B, D)
  *   per layer: h = rmsnorm(x); MLA attention (absorbed: the cache holds [c_kv, k_pe] per token,
  *   queries are mapped into the latent space by k_b, values come out through v_b); x += attn;
  *   h = rmsnorm(x); x += dense FFN(h) or shared experts(h) + Σ_j w_j·expert_j(h)
  *   logits = output · rmsnorm(x)
  * MoE tokens are grouped by expert so each selected expert's weights are read once per step;
- * experts nobody selected are never touched. All buffers are carved from one allocation made
- * at context creation; the KV cache is an anonymous mapping committed as positions fill. */
+ * experts nobody selected are never touched. Every matrix product runs once over all B tokens,
+ * whatever sequence they come from, so a batch of decoding sequences reads each weight (and
+ * each selected expert) once per step. All buffers belong to the engine (batch.c) and are
+ * carved at its creation; a step allocates nothing. The result for a token does not depend on
+ * which other tokens share its step (every product is computed per (row, token)). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,129 +22,13 @@
 #include "model/model_impl.h"
 #include "moe/dtype.h"
 
-#define MAX_TOPK 64
-
-moe_ctx_params moe_ctx_default_params(void) {
-    moe_ctx_params p = {0, 512, 0};
-    return p;
-}
-
-static size_t imax(size_t a, size_t b) { return a > b ? a : b; }
-
-moe_status moe_ctx_init(moe_model *m, const moe_ctx_params *pp, moe_ctx **out, char *err, size_t errlen) {
-    moe_ctx_params p = pp ? *pp : moe_ctx_default_params();
-    const moe_hparams *hp = &m->hp;
-    *out = NULL;
-    if (p.n_ctx < 0 || p.n_batch < 0) {
-        if (err) snprintf(err, errlen, "context: n_ctx and n_batch must not be negative");
-        return MOE_ERR_INVAL;
-    }
-    if (hp->n_expert_used > MAX_TOPK) {
-        if (err) snprintf(err, errlen, "context: %d experts per token is more than this build supports (%d)", hp->n_expert_used, MAX_TOPK);
-        return MOE_ERR_UNSUPPORTED;
-    }
-    moe_ctx *c = calloc(1, sizeof *c);
-    if (!c) return MOE_ERR_NOMEM;
-    c->m = m;
-    c->n_ctx = p.n_ctx ? p.n_ctx : hp->n_ctx_train;
-    if (c->n_ctx <= 0) c->n_ctx = 4096;
-    c->n_batch = p.n_batch ? p.n_batch : 512;
-    if (c->n_batch > c->n_ctx) c->n_batch = c->n_ctx;
-    c->pool = moe_pool_init(p.n_threads);
-    if (!c->pool) goto nomem;
-    const size_t B = (size_t)c->n_batch, D = (size_t)hp->n_embd, H = (size_t)hp->n_head,
-                 Lq = (size_t)hp->q_lora_rank, Lkv = (size_t)hp->kv_lora_rank, R = (size_t)hp->n_rot,
-                 Dk = (size_t)hp->n_embd_head_k, Dv = (size_t)hp->n_embd_head_v, E = (size_t)hp->n_expert,
-                 K = (size_t)hp->n_expert_used, V = (size_t)hp->n_vocab, L = (size_t)hp->n_layer,
-                 nth = (size_t)moe_pool_n_threads(c->pool);
-    size_t ffw = imax((size_t)hp->n_ff, (size_t)hp->n_ff_exp * imax((size_t)hp->n_expert_shared, 1));
-    size_t max_in = imax(imax(imax(D, Lq), imax(Lkv, (size_t)m->dn)), imax(H * Dv, ffw));
-    c->scratch_per_thread = moe_kern_scratch_floats((int64_t)max_in);
-    size_t wide = imax(D, imax(H * Dk, H * (Lkv + R)));
-    /* carve list: (pointer, count, element size) */
-    struct {
-        void **p;
-        size_t n, es;
-    } parts[] = {
-        {(void **)&c->x, B * D, 4},          {(void **)&c->h, B * D, 4},
-        {(void **)&c->t0, B * wide, 4},      {(void **)&c->qa, B * imax(Lq, 1), 4},
-        {(void **)&c->q, B * H * Dk, 4},     {(void **)&c->kvb, B * (Lkv + R), 4},
-        {(void **)&c->qt, B * H * (Lkv + R), 4}, {(void **)&c->u, B * H * Lkv, 4},
-        {(void **)&c->o, B * H * Dv, 4},     {(void **)&c->fa, B * ffw, 4},
-        {(void **)&c->fb, B * ffw, 4},       {(void **)&c->xe, B * D, 4},
-        {(void **)&c->ye, B * D, 4},         {(void **)&c->router, B * imax(E, 1), 4},
-        {(void **)&c->sel, B * imax(K, 1), 4}, {(void **)&c->selw, B * imax(K, 1), 4},
-        {(void **)&c->ex_tok, B * imax(K, 1), 4}, {(void **)&c->ex_w, B * imax(K, 1), 4},
-        {(void **)&c->ex_off, E + 1, 4},     {(void **)&c->rope, B * R, 4},
-        {(void **)&c->scores, nth * (size_t)c->n_ctx, 4}, {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
-        {(void **)&c->logits, V, 4},         {(void **)&c->counts, L * imax(E, 1), 8},
-    };
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
-    c->mem = aligned_alloc(64, total);
-    if (!c->mem) goto nomem;
-    memset(c->mem, 0, total);
-    char *cur = c->mem;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        *parts[i].p = cur;
-        cur += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
-    }
-    c->kv_bytes = L * (size_t)c->n_ctx * (Lkv + R) * sizeof(float);
-    c->kv = mmap(NULL, c->kv_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (c->kv == MAP_FAILED) {
-        c->kv = NULL;
-        if (err) snprintf(err, errlen, "context: cannot reserve %.1f MB for a KV cache of %d tokens (lower --ctx)",
-                          (double)c->kv_bytes / 1e6, c->n_ctx);
-        moe_ctx_free(c);
-        return MOE_ERR_NOMEM;
-    }
-    *out = c;
-    return MOE_OK;
-nomem:
-    if (err) snprintf(err, errlen, "context: out of memory for step buffers");
-    moe_ctx_free(c);
-    return MOE_ERR_NOMEM;
-}
-
-void moe_ctx_free(moe_ctx *c) {
-    if (!c) return;
-    if (c->kv) munmap(c->kv, c->kv_bytes);
-    free(c->mem);
-    moe_pool_free(c->pool);
-    free(c);
-}
-
-const char *moe_ctx_errmsg(const moe_ctx *c) { return c->err; }
-const float *moe_ctx_logits(const moe_ctx *c) { return c->logits; }
-int32_t moe_ctx_pos(const moe_ctx *c) { return c->pos; }
-int32_t moe_ctx_n_ctx(const moe_ctx *c) { return c->n_ctx; }
-int moe_ctx_n_threads(const moe_ctx *c) { return moe_pool_n_threads(c->pool); }
-
-moe_status moe_ctx_truncate(moe_ctx *c, int32_t pos) {
-    if (pos < 0 || pos > c->pos) {
-        snprintf(c->err, sizeof c->err, "truncate: position %d outside [0, %d]", pos, c->pos);
-        return MOE_ERR_INVAL;
-    }
-    c->pos = pos;
-    return MOE_OK;
-}
-
-const uint64_t *moe_ctx_expert_counts(const moe_ctx *c, int32_t layer) {
-    if (layer < 0 || layer >= c->m->hp.n_layer || !c->m->layers[layer].is_moe) return NULL;
-    return c->counts + (size_t)layer * (size_t)c->m->hp.n_expert;
-}
-
-void moe_ctx_reset_expert_counts(moe_ctx *c) {
-    memset(c->counts, 0, sizeof(uint64_t) * (size_t)c->m->hp.n_layer * (size_t)(c->m->hp.n_expert > 0 ? c->m->hp.n_expert : 1));
-}
-
 /* ---- RoPE (spec §4.5): cos/sin per token and pair, llama.cpp's float arithmetic ---- */
 
 static float yarn_corr(int R, int n_ctx_orig, float nrot, float base) {
     return (float)R * logf((float)n_ctx_orig / (nrot * 2.0f * (float)M_PI)) / (2.0f * logf(base));
 }
 
-static void rope_table(const moe_hparams *hp, int32_t pos0, int64_t B, float *cs /* (B, R) */) {
+static void rope_table(const moe_hparams *hp, const int32_t *pos, int64_t B, float *cs /* (B, R) */) {
     const int R = hp->n_rot;
     const float theta_scale = powf(hp->rope_freq_base, -2.0f / (float)R);
     const float fs = hp->rope_freq_scale, ext = hp->rope_ext_factor;
@@ -151,7 +39,7 @@ static void rope_table(const moe_hparams *hp, int32_t pos0, int64_t B, float *cs
     float mag = hp->rope_attn_factor;
     if (ext != 0.0f) mag *= 1.0f + 0.1f * logf(1.0f / fs);
     for (int64_t t = 0; t < B; t++) {
-        float theta_extrap = (float)(pos0 + t);
+        float theta_extrap = (float)pos[t];
         for (int j = 0; j < R / 2; j++) {
             float theta_interp = fs * theta_extrap, theta = theta_interp;
             if (ext != 0.0f) {
@@ -175,28 +63,35 @@ static void rope_apply(float *z, const float *cs, int R) {
     }
 }
 
+/* The cache of token t's sequence at layer il: (n_ctx, Lkv+R) floats. */
+static inline float *tok_layer_cache(const moe_engine *c, int64_t t, int il) {
+    const moe_hparams *hp = &c->m->hp;
+    return c->tok_cache[t] + (size_t)il * (size_t)c->tok_nctx[t] * (size_t)(hp->kv_lora_rank + hp->n_rot);
+}
+
 /* ---- attention over the latent cache, one (token, head) pair per work item ---- */
 
 typedef struct {
-    moe_ctx *c;
-    const float *cache; /* (n_ctx, Lkv+R) of this layer */
+    moe_engine *c;
+    int il;
     int64_t B;
 } attn_job;
 
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
-    moe_ctx *c = j->c;
+    moe_engine *c = j->c;
     const moe_hparams *hp = &c->m->hp;
     const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot;
-    float *sc = c->scores + (size_t)ith * (size_t)c->n_ctx;
+    float *sc = c->scores + (size_t)ith * c->scores_cap;
     int64_t items = j->B * H;
     for (int64_t it = items * ith / nth; it < items * (ith + 1) / nth; it++) {
         int64_t t = it / H, hh = it % H;
         const float *qv = c->qt + (t * H + hh) * W; /* [q̃ (Lkv), q_pe (R)] */
-        int64_t n_keys = c->pos + t + 1;            /* causal: keys at positions <= pos+t */
+        int64_t n_keys = c->tok_pos[t] + 1;         /* causal: keys at positions <= pos of t */
+        const float *cache = tok_layer_cache(c, t, j->il);
         float mx = -INFINITY;
         for (int64_t s = 0; s < n_keys; s++) {
-            float v = moe_kern_dot(qv, j->cache + s * W, W) * hp->kq_scale;
+            float v = moe_kern_dot(qv, cache + s * W, W) * hp->kq_scale;
             sc[s] = v;
             mx = v > mx ? v : mx;
         }
@@ -208,7 +103,7 @@ static void attn_worker(void *arg, int ith, int nth) {
         float inv = (float)(1.0 / sum);
         float *u = c->u + (t * H + hh) * Lkv;
         memset(u, 0, (size_t)Lkv * sizeof(float));
-        for (int64_t s = 0; s < n_keys; s++) moe_kern_axpy(u, sc[s] * inv, j->cache + s * W, Lkv);
+        for (int64_t s = 0; s < n_keys; s++) moe_kern_axpy(u, sc[s] * inv, cache + s * W, Lkv);
     }
 }
 
@@ -221,12 +116,11 @@ static moe_wview slice(const sliced_w *s, int64_t k) {
 
 #define MM(w, x, ldx, y, ldy, T) moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), c->scratch, c->scratch_per_thread)
 
-static void attention(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
+static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_model *m = c->m;
     const moe_hparams *hp = &m->hp;
     const int64_t D = hp->n_embd, H = hp->n_head, Lq = hp->q_lora_rank, Lkv = hp->kv_lora_rank, R = hp->n_rot,
                   Dk = hp->n_embd_head_k, Dv = hp->n_embd_head_v, Dn = m->dn, W = Lkv + R;
-    float *cache = c->kv + (size_t)il * (size_t)c->n_ctx * (size_t)W;
     /* h: (B, D) normed input */
     if (Lq > 0) {
         MM(&ly->q_a, c->h, D, c->qa, Lq, B); /* (B, Lq) */
@@ -237,7 +131,7 @@ static void attention(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
     }
     MM(&ly->kv_a, c->h, D, c->kvb, W, B); /* (B, Lkv+R) */
     for (int64_t t = 0; t < B; t++) {
-        float *row = cache + (size_t)(c->pos + t) * (size_t)W;
+        float *row = tok_layer_cache(c, t, il) + (size_t)c->tok_pos[t] * (size_t)W;
         moe_kern_rmsnorm(row, c->kvb + t * W, ly->kv_a_norm, Lkv, hp->rms_eps);
         memcpy(row + Lkv, c->kvb + t * W + Lkv, (size_t)R * sizeof(float));
         rope_apply(row + Lkv, c->rope + t * R, (int)R);
@@ -253,7 +147,7 @@ static void attention(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
             memcpy(qpe, c->q + t * H * Dk + hh * Dk + Dn, (size_t)R * sizeof(float));
             rope_apply(qpe, c->rope + t * R, (int)R);
         }
-    attn_job aj = {c, cache, B};
+    attn_job aj = {c, il, B};
     moe_pool_run(c->pool, attn_worker, &aj);
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {
@@ -266,7 +160,7 @@ static void attention(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
 }
 
 /* SwiGLU MLP on T rows: out = down · (silu(gate · in) ⊙ (up · in)) */
-static void mlp(moe_ctx *c, const moe_wview *gate, const moe_wview *up, const moe_wview *down, const float *in,
+static void mlp(moe_engine *c, const moe_wview *gate, const moe_wview *up, const moe_wview *down, const float *in,
                 float *out, int64_t T) {
     const int64_t D = c->m->hp.n_embd, F = gate->out;
     MM(gate, in, D, c->fa, F, T);
@@ -345,7 +239,7 @@ static void route(const moe_hparams *hp, const float *bias, float *logit /* (E),
         for (int k = 0; k < K; k++) w[k] *= hp->expert_weights_scale;
 }
 
-static void moe_ffn(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
+static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_hparams *hp = &c->m->hp;
     const int64_t D = hp->n_embd, E = hp->n_expert, K = hp->n_expert_used;
     /* shared experts first: t0 = shared(h) */
@@ -385,13 +279,22 @@ static void moe_ffn(moe_ctx *c, const layer_w *ly, int il, int64_t B) {
     }
 }
 
-static moe_status step(moe_ctx *c, const int32_t *tokens, int64_t B, float *logits_all) {
+void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_items, float *logits_all) {
     const moe_model *m = c->m;
     const moe_hparams *hp = &m->hp;
     const int64_t D = hp->n_embd, V = hp->n_vocab;
-    for (int64_t t = 0; t < B; t++)
-        moe_kern_dequant_row(m->tok_embd.type, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, c->x + t * D, D);
-    rope_table(hp, c->pos, B, c->rope);
+    int64_t B = 0;
+    for (int32_t i = 0; i < n_items; i++) {
+        moe_seq *s = items[i].seq;
+        for (int32_t k = 0; k < items[i].n_tokens; k++, B++) {
+            c->tok_pos[B] = s->pos + k;
+            c->tok_cache[B] = s->kv;
+            c->tok_nctx[B] = s->n_ctx;
+            const int32_t tok = items[i].tokens[k];
+            moe_kern_dequant_row(m->tok_embd.type, m->tok_embd.data + (size_t)tok * m->tok_embd.row_bytes, c->x + B * D, D);
+        }
+    }
+    rope_table(hp, c->tok_pos, B, c->rope);
     for (int il = 0; il < hp->n_layer; il++) {
         const layer_w *ly = &m->layers[il];
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->h + t * D, c->x + t * D, ly->attn_norm, D, hp->rms_eps);
@@ -407,37 +310,30 @@ static moe_status step(moe_ctx *c, const int32_t *tokens, int64_t B, float *logi
     if (logits_all) {
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->h + t * D, c->x + t * D, m->output_norm, D, hp->rms_eps);
         MM(&m->output, c->h, D, logits_all, V, B);
-        memcpy(c->logits, logits_all + (B - 1) * V, (size_t)V * sizeof(float));
-    } else {
-        moe_kern_rmsnorm(c->h, c->x + (B - 1) * D, m->output_norm, D, hp->rms_eps);
-        MM(&m->output, c->h, D, c->logits, V, 1);
-    }
-    c->pos += (int32_t)B;
-    return MOE_OK;
-}
-
-moe_status moe_ctx_eval(moe_ctx *c, const int32_t *tokens, int32_t n, float *logits) {
-    const int32_t V = c->m->hp.n_vocab;
-    if (n <= 0) {
-        snprintf(c->err, sizeof c->err, "eval: no tokens");
-        return MOE_ERR_INVAL;
-    }
-    if ((int64_t)c->pos + n > c->n_ctx) {
-        snprintf(c->err, sizeof c->err,
-                 "eval: %d tokens at position %d exceed the context of %d tokens (raise --ctx, up to the model's %d)", n,
-                 c->pos, c->n_ctx, c->m->hp.n_ctx_train);
-        return MOE_ERR_RANGE;
-    }
-    for (int32_t i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= V) {
-            snprintf(c->err, sizeof c->err, "eval: token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, V);
-            return MOE_ERR_INVAL;
+        int64_t end = 0;
+        for (int32_t i = 0; i < n_items; i++) {
+            end += items[i].n_tokens;
+            if (items[i].logits) memcpy(items[i].logits, logits_all + (end - 1) * V, (size_t)V * sizeof(float));
         }
-    for (int32_t done = 0; done < n;) {
-        int32_t b = n - done < c->n_batch ? n - done : c->n_batch;
-        moe_status st = step(c, tokens + done, b, logits ? logits + (size_t)done * (size_t)V : NULL);
-        if (st) return st;
-        done += b;
+    } else {
+        /* the head only for the last token of each item that wants logits, n_out rows at a time */
+        int64_t end = 0, n = 0;
+        int32_t first = 0;
+        for (int32_t i = 0; i < n_items; i++) {
+            end += items[i].n_tokens;
+            if (items[i].logits) {
+                moe_kern_rmsnorm(c->hl + n * D, c->x + (end - 1) * D, m->output_norm, D, hp->rms_eps);
+                n++;
+            }
+            if (n == c->n_out || (i == n_items - 1 && n > 0)) {
+                MM(&m->output, c->hl, D, c->lo, V, n);
+                int64_t r = 0;
+                for (int32_t k = first; k <= i; k++)
+                    if (items[k].logits) memcpy(items[k].logits, c->lo + (r++) * V, (size_t)V * sizeof(float));
+                n = 0;
+                first = i + 1;
+            }
+        }
     }
-    return MOE_OK;
+    for (int32_t i = 0; i < n_items; i++) items[i].seq->pos += items[i].n_tokens;
 }

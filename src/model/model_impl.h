@@ -4,6 +4,7 @@
 
 #include "core/pool.h"
 #include "kern/kern.h"
+#include "moe/batch.h"
 #include "moe/model.h"
 
 /* A weight split into equal per-head or per-expert slices: slice k is `w` with its data moved
@@ -46,13 +47,14 @@ struct moe_model {
     int main_type;       /* most common weight type, for describe */
 };
 
-struct moe_ctx {
-    moe_model *m;
-    moe_pool *pool;
-    int32_t n_ctx, n_batch, pos;
-    float *kv;           /* (L, n_ctx, Lkv+R) latent cache: [c_kv, roped k_pe]; mmapped */
-    size_t kv_bytes;
-    void *mem;           /* step buffers, carved below */
+/* The multi-sequence engine (include/moe/batch.h): step buffers sized for n_batch tokens, the
+ * pool, routing counters. Every buffer is carved from `mem` at init; a step allocates nothing.
+ * Token t of a step belongs to sequence tok_seq[t] at position tok_pos[t]. */
+struct moe_engine {
+    moe_model *m;        /* borrowed */
+    moe_pool *pool;      /* owned */
+    int32_t n_batch, n_seq_max, n_out; /* n_out = rows of the gathered output head */
+    void *mem;           /* owned: step buffers, carved below */
     float *x, *h, *t0;   /* (B, D), (B, D), (B, max width) */
     float *qa, *q, *kvb; /* (B, Lq), (B, H·Dk), (B, Lkv+R) */
     float *qt, *u, *o;   /* (B, H, Lkv+R), (B, H, Lkv), (B, H·Dv) */
@@ -65,12 +67,42 @@ struct moe_ctx {
     float *ex_w;         /* (B·K) weight grouped by expert */
     int32_t *ex_off;     /* (E+1) */
     float *rope;         /* (B, R): cos/sin pairs per token */
-    float *scores;       /* (n_threads, n_ctx) */
+    int32_t *tok_pos;    /* (B) position of each token of the step */
+    float **tok_cache;   /* (B) KV cache base of each token's sequence */
+    int32_t *tok_nctx;   /* (B) that sequence's n_ctx (layer stride) */
+    float *hl;           /* (n_out, D) normed last rows of the items that want logits */
+    float *lo;           /* (n_out, V) their logits */
     float *scratch;      /* (n_threads, scratch_per_thread) */
     size_t scratch_per_thread;
-    float *logits;       /* (V) last position */
     uint64_t *counts;    /* (L, E) routing counters */
+    float *scores;       /* owned, separate: (n_threads, scores_cap), grown by moe_seq_init */
+    size_t scores_cap;
+    int32_t n_seq_live;
     char err[256];
 };
+
+/* One sequence: its latent cache (L, n_ctx, Lkv+R) = [c_kv, roped k_pe] per token, an anonymous
+ * mapping committed as it fills. */
+struct moe_seq {
+    moe_engine *e;       /* borrowed */
+    int32_t n_ctx, pos;
+    float *kv;           /* owned mapping */
+    size_t kv_bytes;
+    int32_t step_mark;   /* scratch for moe_engine_step's "at most once" check */
+};
+
+/* moe_ctx: one engine + one sequence (model.h). */
+struct moe_ctx {
+    moe_engine *e;
+    moe_seq *s;
+    int32_t n_batch;
+    float *logits;       /* (V) last position */
+    char err[256];
+};
+
+/* One step over validated items (forward.c). When logits_all is not NULL it receives the logits
+ * of every token of the step, (B, V) in item order; each item's `logits` (if set) receives its
+ * last token's row. Advances every item's sequence. */
+void moe_engine_forward(moe_engine *e, const moe_batch_item *items, int32_t n_items, float *logits_all);
 
 #endif

@@ -1,0 +1,336 @@
+/* moekit model: the multi-sequence engine (include/moe/batch.h) and moe_ctx over it.
+ *
+ * moe_engine owns everything a step needs: one allocation carved into the step buffers for
+ * n_batch tokens (model_impl.h lists them), the thread pool, the routing counters and the
+ * attention score rows (n_threads × the largest n_ctx of any sequence; grown by moe_seq_init,
+ * never inside a step). A moe_seq owns only its latent KV cache, an anonymous mapping reserved
+ * for n_ctx tokens (MAP_NORESERVE) whose pages are committed as positions fill.
+ *
+ * moe_engine_step checks the whole batch before touching anything (sequence ownership, at most
+ * once per step, token counts, context room, vocabulary), so an error appends nothing anywhere.
+ * moe_ctx is one engine + one sequence; moe_ctx_eval chunks its input into n_batch-token steps
+ * and may ask for every position's logits, which the public step does not offer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "model/model_impl.h"
+
+#define MAX_TOPK 64
+
+static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
+
+moe_engine_params moe_engine_default_params(void) {
+    moe_engine_params p = {512, 64, 0};
+    return p;
+}
+
+moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine **out, char *err, size_t errlen) {
+    moe_engine_params p = pp ? *pp : moe_engine_default_params();
+    const moe_hparams *hp = &m->hp;
+    *out = NULL;
+    if (p.n_batch < 0 || p.n_seq_max < 0) {
+        if (err) snprintf(err, errlen, "engine: n_batch and n_seq_max must not be negative");
+        return MOE_ERR_INVAL;
+    }
+    if (hp->n_expert_used > MAX_TOPK || hp->n_expert > 1024) {
+        if (err)
+            snprintf(err, errlen, "engine: %d of %d experts per token is more than this build supports (%d of 1024)",
+                     hp->n_expert_used, hp->n_expert, MAX_TOPK);
+        return MOE_ERR_UNSUPPORTED;
+    }
+    moe_engine *c = calloc(1, sizeof *c);
+    if (!c) return MOE_ERR_NOMEM;
+    c->m = m;
+    c->n_batch = p.n_batch ? p.n_batch : 512;
+    c->n_seq_max = p.n_seq_max ? p.n_seq_max : 64;
+    c->n_out = c->n_seq_max < c->n_batch ? c->n_seq_max : c->n_batch;
+    if (c->n_out > 16) c->n_out = 16; /* head rows per product: 16 × V floats is plenty to share the weights */
+    c->pool = moe_pool_init(p.n_threads);
+    if (!c->pool) goto nomem;
+    const size_t B = (size_t)c->n_batch, D = (size_t)hp->n_embd, H = (size_t)hp->n_head,
+                 Lq = (size_t)hp->q_lora_rank, Lkv = (size_t)hp->kv_lora_rank, R = (size_t)hp->n_rot,
+                 Dk = (size_t)hp->n_embd_head_k, Dv = (size_t)hp->n_embd_head_v, E = (size_t)hp->n_expert,
+                 K = (size_t)hp->n_expert_used, V = (size_t)hp->n_vocab, L = (size_t)hp->n_layer,
+                 nth = (size_t)moe_pool_n_threads(c->pool), NO = (size_t)c->n_out;
+    size_t ffw = zmax((size_t)hp->n_ff, (size_t)hp->n_ff_exp * zmax((size_t)hp->n_expert_shared, 1));
+    size_t max_in = zmax(zmax(zmax(D, Lq), zmax(Lkv, (size_t)m->dn)), zmax(H * Dv, ffw));
+    c->scratch_per_thread = moe_kern_scratch_floats((int64_t)max_in);
+    size_t wide = zmax(D, zmax(H * Dk, H * (Lkv + R)));
+    struct {
+        void **p;
+        size_t n, es;
+    } parts[] = {
+        {(void **)&c->x, B * D, 4},          {(void **)&c->h, B * D, 4},
+        {(void **)&c->t0, B * wide, 4},      {(void **)&c->qa, B * zmax(Lq, 1), 4},
+        {(void **)&c->q, B * H * Dk, 4},     {(void **)&c->kvb, B * (Lkv + R), 4},
+        {(void **)&c->qt, B * H * (Lkv + R), 4}, {(void **)&c->u, B * H * Lkv, 4},
+        {(void **)&c->o, B * H * Dv, 4},     {(void **)&c->fa, B * ffw, 4},
+        {(void **)&c->fb, B * ffw, 4},       {(void **)&c->xe, B * D, 4},
+        {(void **)&c->ye, B * D, 4},         {(void **)&c->router, B * zmax(E, 1), 4},
+        {(void **)&c->sel, B * zmax(K, 1), 4}, {(void **)&c->selw, B * zmax(K, 1), 4},
+        {(void **)&c->ex_tok, B * zmax(K, 1), 4}, {(void **)&c->ex_w, B * zmax(K, 1), 4},
+        {(void **)&c->ex_off, E + 1, 4},     {(void **)&c->rope, B * R, 4},
+        {(void **)&c->tok_pos, B, 4},        {(void **)&c->tok_cache, B, sizeof(float *)},
+        {(void **)&c->tok_nctx, B, 4},       {(void **)&c->hl, NO * D, 4},
+        {(void **)&c->lo, NO * V, 4},        {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
+        {(void **)&c->counts, L * zmax(E, 1), 8},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
+    c->mem = aligned_alloc(64, total);
+    if (!c->mem) goto nomem;
+    memset(c->mem, 0, total);
+    char *cur = c->mem;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        *parts[i].p = cur;
+        cur += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
+    }
+    *out = c;
+    return MOE_OK;
+nomem:
+    if (err) snprintf(err, errlen, "engine: out of memory for step buffers");
+    moe_engine_free(c);
+    return MOE_ERR_NOMEM;
+}
+
+void moe_engine_free(moe_engine *e) {
+    if (!e) return;
+    free(e->scores);
+    free(e->mem);
+    moe_pool_free(e->pool);
+    free(e);
+}
+
+const char *moe_engine_errmsg(const moe_engine *e) { return e->err; }
+int moe_engine_n_threads(const moe_engine *e) { return moe_pool_n_threads(e->pool); }
+
+moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
+    const moe_hparams *hp = &e->m->hp;
+    *out = NULL;
+    if (n_ctx < 0) {
+        snprintf(e->err, sizeof e->err, "sequence: n_ctx %d is negative", n_ctx);
+        return MOE_ERR_INVAL;
+    }
+    if (n_ctx == 0) n_ctx = hp->n_ctx_train > 0 ? hp->n_ctx_train : 4096;
+    size_t nth = (size_t)moe_pool_n_threads(e->pool);
+    if ((size_t)n_ctx > e->scores_cap) {
+        float *sc = malloc(sizeof(float) * nth * (size_t)n_ctx);
+        if (!sc) {
+            snprintf(e->err, sizeof e->err, "sequence: out of memory for attention rows of %d tokens", n_ctx);
+            return MOE_ERR_NOMEM;
+        }
+        free(e->scores);
+        e->scores = sc;
+        e->scores_cap = (size_t)n_ctx;
+    }
+    moe_seq *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(e->err, sizeof e->err, "sequence: out of memory");
+        return MOE_ERR_NOMEM;
+    }
+    s->e = e;
+    s->n_ctx = n_ctx;
+    s->kv_bytes = (size_t)hp->n_layer * (size_t)n_ctx * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
+    s->kv = mmap(NULL, s->kv_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (s->kv == MAP_FAILED) {
+        snprintf(e->err, sizeof e->err, "sequence: cannot reserve %.1f MB for a KV cache of %d tokens (lower --ctx)",
+                 (double)s->kv_bytes / 1e6, n_ctx);
+        free(s);
+        return MOE_ERR_NOMEM;
+    }
+    e->n_seq_live++;
+    *out = s;
+    return MOE_OK;
+}
+
+void moe_seq_free(moe_seq *s) {
+    if (!s) return;
+    munmap(s->kv, s->kv_bytes);
+    s->e->n_seq_live--;
+    free(s);
+}
+
+int32_t moe_seq_pos(const moe_seq *s) { return s->pos; }
+int32_t moe_seq_n_ctx(const moe_seq *s) { return s->n_ctx; }
+size_t moe_seq_bytes(const moe_seq *s) { return s->kv_bytes; }
+
+moe_status moe_seq_truncate(moe_seq *s, int32_t pos) {
+    if (pos < 0 || pos > s->pos) {
+        snprintf(s->e->err, sizeof s->e->err, "truncate: position %d outside [0, %d]", pos, s->pos);
+        return MOE_ERR_INVAL;
+    }
+    s->pos = pos;
+    return MOE_OK;
+}
+
+const uint64_t *moe_engine_expert_counts(const moe_engine *e, int32_t layer) {
+    if (layer < 0 || layer >= e->m->hp.n_layer || !e->m->layers[layer].is_moe) return NULL;
+    return e->counts + (size_t)layer * (size_t)e->m->hp.n_expert;
+}
+
+void moe_engine_reset_expert_counts(moe_engine *e) {
+    memset(e->counts, 0, sizeof(uint64_t) * (size_t)e->m->hp.n_layer * (size_t)(e->m->hp.n_expert > 0 ? e->m->hp.n_expert : 1));
+}
+
+/* Checks a whole batch; on error the message is in e->err and nothing has changed. */
+static moe_status check_items(moe_engine *e, const moe_batch_item *items, int32_t n_items) {
+    const int32_t V = e->m->hp.n_vocab;
+    if (n_items <= 0 || !items) {
+        snprintf(e->err, sizeof e->err, "step: no items");
+        return MOE_ERR_INVAL;
+    }
+    if (n_items > e->n_seq_max) {
+        snprintf(e->err, sizeof e->err, "step: %d sequences exceed n_seq_max %d", n_items, e->n_seq_max);
+        return MOE_ERR_RANGE;
+    }
+    int64_t total = 0;
+    for (int32_t i = 0; i < n_items; i++) {
+        const moe_batch_item *it = &items[i];
+        if (!it->seq || it->seq->e != e) {
+            snprintf(e->err, sizeof e->err, "step: item %d has no sequence of this engine", i);
+            return MOE_ERR_INVAL;
+        }
+        if (it->n_tokens <= 0 || !it->tokens) {
+            snprintf(e->err, sizeof e->err, "step: item %d has no tokens", i);
+            return MOE_ERR_INVAL;
+        }
+        total += it->n_tokens;
+        if ((int64_t)it->seq->pos + it->n_tokens > it->seq->n_ctx) {
+            snprintf(e->err, sizeof e->err,
+                     "step: item %d: %d tokens at position %d exceed the context of %d tokens (raise --ctx, up to the model's %d)",
+                     i, it->n_tokens, it->seq->pos, it->seq->n_ctx, e->m->hp.n_ctx_train);
+            return MOE_ERR_RANGE;
+        }
+        for (int32_t k = 0; k < it->n_tokens; k++)
+            if (it->tokens[k] < 0 || it->tokens[k] >= V) {
+                snprintf(e->err, sizeof e->err, "step: item %d: token id %d at index %d is outside the vocabulary [0, %d)",
+                         i, it->tokens[k], k, V);
+                return MOE_ERR_INVAL;
+            }
+    }
+    if (total > e->n_batch) {
+        snprintf(e->err, sizeof e->err, "step: %lld tokens exceed n_batch %d", (long long)total, e->n_batch);
+        return MOE_ERR_RANGE;
+    }
+    /* each sequence at most once: mark, check, unmark */
+    moe_status st = MOE_OK;
+    int32_t i = 0;
+    for (; i < n_items; i++) {
+        if (items[i].seq->step_mark) {
+            snprintf(e->err, sizeof e->err, "step: item %d repeats a sequence of an earlier item", i);
+            st = MOE_ERR_INVAL;
+            break;
+        }
+        items[i].seq->step_mark = 1;
+    }
+    for (int32_t k = 0; k < i; k++) items[k].seq->step_mark = 0;
+    return st;
+}
+
+moe_status moe_engine_step(moe_engine *e, moe_batch_item *items, int32_t n_items) {
+    moe_status st = check_items(e, items, n_items);
+    if (st) return st;
+    moe_engine_forward(e, items, n_items, NULL);
+    return MOE_OK;
+}
+
+/* ---- moe_ctx: one engine and one sequence ---- */
+
+moe_ctx_params moe_ctx_default_params(void) {
+    moe_ctx_params p = {0, 512, 0};
+    return p;
+}
+
+moe_status moe_ctx_init(moe_model *m, const moe_ctx_params *pp, moe_ctx **out, char *err, size_t errlen) {
+    moe_ctx_params p = pp ? *pp : moe_ctx_default_params();
+    const moe_hparams *hp = &m->hp;
+    *out = NULL;
+    if (p.n_ctx < 0 || p.n_batch < 0) {
+        if (err) snprintf(err, errlen, "context: n_ctx and n_batch must not be negative");
+        return MOE_ERR_INVAL;
+    }
+    moe_ctx *c = calloc(1, sizeof *c);
+    if (!c) return MOE_ERR_NOMEM;
+    int32_t n_ctx = p.n_ctx ? p.n_ctx : hp->n_ctx_train;
+    if (n_ctx <= 0) n_ctx = 4096;
+    c->n_batch = p.n_batch ? p.n_batch : 512;
+    if (c->n_batch > n_ctx) c->n_batch = n_ctx;
+    moe_engine_params ep = {c->n_batch, 1, p.n_threads};
+    char eerr[256] = "";
+    moe_status st = moe_engine_init(m, &ep, &c->e, eerr, sizeof eerr);
+    if (st) {
+        if (err) snprintf(err, errlen, "context: %s", strncmp(eerr, "engine: ", 8) ? eerr : eerr + 8);
+        free(c);
+        return st;
+    }
+    c->logits = calloc((size_t)hp->n_vocab, sizeof(float));
+    if (!c->logits) {
+        if (err) snprintf(err, errlen, "context: out of memory for step buffers");
+        moe_ctx_free(c);
+        return MOE_ERR_NOMEM;
+    }
+    st = moe_seq_init(c->e, n_ctx, &c->s);
+    if (st) {
+        if (err) snprintf(err, errlen, "context: %s", moe_engine_errmsg(c->e) + strlen("sequence: "));
+        moe_ctx_free(c);
+        return st;
+    }
+    *out = c;
+    return MOE_OK;
+}
+
+void moe_ctx_free(moe_ctx *c) {
+    if (!c) return;
+    moe_seq_free(c->s);
+    moe_engine_free(c->e);
+    free(c->logits);
+    free(c);
+}
+
+const char *moe_ctx_errmsg(const moe_ctx *c) { return c->err; }
+const float *moe_ctx_logits(const moe_ctx *c) { return c->logits; }
+int32_t moe_ctx_pos(const moe_ctx *c) { return c->s->pos; }
+int32_t moe_ctx_n_ctx(const moe_ctx *c) { return c->s->n_ctx; }
+int moe_ctx_n_threads(const moe_ctx *c) { return moe_engine_n_threads(c->e); }
+
+moe_status moe_ctx_truncate(moe_ctx *c, int32_t pos) {
+    if (pos < 0 || pos > c->s->pos) {
+        snprintf(c->err, sizeof c->err, "truncate: position %d outside [0, %d]", pos, c->s->pos);
+        return MOE_ERR_INVAL;
+    }
+    c->s->pos = pos;
+    return MOE_OK;
+}
+
+const uint64_t *moe_ctx_expert_counts(const moe_ctx *c, int32_t layer) { return moe_engine_expert_counts(c->e, layer); }
+void moe_ctx_reset_expert_counts(moe_ctx *c) { moe_engine_reset_expert_counts(c->e); }
+
+moe_status moe_ctx_eval(moe_ctx *c, const int32_t *tokens, int32_t n, float *logits) {
+    const int32_t V = c->e->m->hp.n_vocab;
+    const int32_t pos = c->s->pos, n_ctx = c->s->n_ctx;
+    if (n <= 0) {
+        snprintf(c->err, sizeof c->err, "eval: no tokens");
+        return MOE_ERR_INVAL;
+    }
+    if ((int64_t)pos + n > n_ctx) {
+        snprintf(c->err, sizeof c->err,
+                 "eval: %d tokens at position %d exceed the context of %d tokens (raise --ctx, up to the model's %d)", n,
+                 pos, n_ctx, c->e->m->hp.n_ctx_train);
+        return MOE_ERR_RANGE;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V) {
+            snprintf(c->err, sizeof c->err, "eval: token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i, V);
+            return MOE_ERR_INVAL;
+        }
+    for (int32_t done = 0; done < n;) {
+        int32_t b = n - done < c->n_batch ? n - done : c->n_batch;
+        /* the head runs for the final chunk only (or for every row when all logits are wanted) */
+        moe_batch_item it = {c->s, tokens + done, b, done + b == n || logits ? c->logits : NULL};
+        moe_engine_forward(c->e, &it, 1, logits ? logits + (size_t)done * (size_t)V : NULL);
+        done += b;
+    }
+    return MOE_OK;
+}

@@ -1,0 +1,215 @@
+/* The multi-sequence engine (include/moe/batch.h) on `moe init` models:
+ *  - N sequences stepped together (prefill chunks of different lengths and single-token decodes
+ *    mixed in one step) give the same logits as each sequence stepped alone (max |d| printed;
+ *    required < 1e-5, expected 0: every product is computed per (row, token));
+ *  - the same against moe_ctx (the one-sequence wrapper) evaluating the whole input at once;
+ *  - errors leave every sequence unchanged: too many tokens, too many items, context full, bad
+ *    token ids, a sequence twice, a sequence of another engine, an empty item;
+ *  - routing counters sum to tokens × K per MoE layer and reset to zero. */
+#include <math.h>
+
+#include "moe/batch.h"
+#include "moe/dtype.h"
+#include "moe/init.h"
+#include "moe/model.h"
+#include "testutil.h"
+
+#define NSEQ 4
+#define TOTAL 20 /* tokens per sequence */
+
+static char g_dir[512];
+
+static double maxdiff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
+/* Chunk schedule: at step k sequence s feeds sched[s][k] tokens (0 = sits out). Prefill chunks
+ * of different lengths overlap with single-token decodes of other sequences. */
+static const int sched[NSEQ][12] = {
+    {7, 5, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {1, 1, 1, 9, 2, 1, 1, 1, 1, 1, 1, 0},
+    {0, 12, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0},
+    {3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 0, 0},
+};
+
+static void check_model(const char *label, const moe_init_config *cfg) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
+    CHECK(moe_init_write(cfg, NULL, path, NULL, NULL, err, sizeof err) == MOE_OK, "%s: init: %s", label, err);
+    moe_model *m;
+    if (moe_model_open(path, &m, err, sizeof err)) {
+        CHECK(0, "%s: open: %s", label, err);
+        return;
+    }
+    const moe_hparams *hp = moe_model_hparams(m);
+    const int V = hp->n_vocab;
+    int32_t tok[NSEQ][TOTAL];
+    for (int s = 0; s < NSEQ; s++)
+        for (int i = 0; i < TOTAL; i++) tok[s][i] = (i * 37 + s * 101 + 11) % V;
+    for (int s = 0; s < NSEQ; s++) {
+        int sum = 0;
+        for (int k = 0; k < 12; k++) sum += sched[s][k];
+        CHECK(sum <= TOTAL, "schedule of seq %d", s);
+    }
+    /* logits of the last token of each (seq, step) */
+    float *together = calloc((size_t)NSEQ * 12 * V, sizeof(float)), *alone = calloc((size_t)NSEQ * 12 * V, sizeof(float));
+    moe_engine_params ep = moe_engine_default_params();
+    ep.n_batch = 32;
+    ep.n_seq_max = NSEQ;
+    ep.n_threads = 2;
+    moe_engine *e;
+    CHECK(moe_engine_init(m, &ep, &e, err, sizeof err) == MOE_OK, "%s: engine: %s", label, err);
+    moe_seq *seq[NSEQ];
+    for (int s = 0; s < NSEQ; s++) CHECK(moe_seq_init(e, s == 2 ? 24 : 64, &seq[s]) == MOE_OK, "seq init");
+    int fed[NSEQ] = {0};
+    uint64_t n_tok = 0;
+    for (int k = 0; k < 12; k++) {
+        moe_batch_item items[NSEQ];
+        int n = 0;
+        for (int s = 0; s < NSEQ; s++) {
+            if (!sched[s][k]) continue;
+            items[n++] = (moe_batch_item){seq[s], tok[s] + fed[s], sched[s][k], together + ((size_t)s * 12 + k) * V};
+            fed[s] += sched[s][k];
+            n_tok += (uint64_t)sched[s][k];
+        }
+        if (!n) continue;
+        moe_status st = moe_engine_step(e, items, n);
+        CHECK(st == MOE_OK, "%s: step %d: %s", label, k, moe_engine_errmsg(e));
+    }
+    for (int s = 0; s < NSEQ; s++) CHECK(moe_seq_pos(seq[s]) == fed[s], "seq %d at %d, fed %d", s, moe_seq_pos(seq[s]), fed[s]);
+    /* counters: every MoE layer saw n_tok tokens × K */
+    for (int il = 0; il < hp->n_layer; il++) {
+        const uint64_t *cnt = moe_engine_expert_counts(e, il);
+        if (il < hp->n_layer_dense_lead) {
+            CHECK(cnt == NULL, "dense layer %d has no counters", il);
+            continue;
+        }
+        uint64_t sum = 0;
+        for (int x = 0; x < hp->n_expert; x++) sum += cnt ? cnt[x] : 0;
+        CHECK(sum == n_tok * (uint64_t)hp->n_expert_used, "%s: layer %d counted %llu, want %llu", label, il,
+              (unsigned long long)sum, (unsigned long long)(n_tok * (uint64_t)hp->n_expert_used));
+    }
+    moe_engine_reset_expert_counts(e);
+    for (int il = hp->n_layer_dense_lead; il < hp->n_layer; il++) {
+        const uint64_t *cnt = moe_engine_expert_counts(e, il);
+        uint64_t sum = 0;
+        for (int x = 0; x < hp->n_expert; x++) sum += cnt[x];
+        CHECK(sum == 0, "reset layer %d", il);
+    }
+    /* each sequence alone, same chunks, in a fresh engine of one thread */
+    ep.n_threads = 1;
+    moe_engine *e1;
+    CHECK(moe_engine_init(m, &ep, &e1, err, sizeof err) == MOE_OK, "engine 1");
+    for (int s = 0; s < NSEQ; s++) {
+        moe_seq *q;
+        CHECK(moe_seq_init(e1, 64, &q) == MOE_OK, "alone seq");
+        int at = 0;
+        for (int k = 0; k < 12; k++) {
+            if (!sched[s][k]) continue;
+            moe_batch_item it = {q, tok[s] + at, sched[s][k], alone + ((size_t)s * 12 + k) * V};
+            CHECK(moe_engine_step(e1, &it, 1) == MOE_OK, "alone step");
+            at += sched[s][k];
+        }
+        moe_seq_free(q);
+    }
+    double d = maxdiff(together, alone, (size_t)NSEQ * 12 * V);
+    printf("%-10s %d sequences together vs alone: max|d| %.3e\n", label, NSEQ, d);
+    CHECK(d < 1e-5, "%s: together vs alone %.3e", label, d);
+    /* against moe_ctx on the whole input: each sequence's final logits */
+    double dc = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        moe_ctx_params cp = moe_ctx_default_params();
+        cp.n_ctx = 64;
+        cp.n_threads = 2;
+        moe_ctx *c;
+        CHECK(moe_ctx_init(m, &cp, &c, err, sizeof err) == MOE_OK, "ctx");
+        CHECK(moe_ctx_eval(c, tok[s], fed[s], NULL) == MOE_OK, "ctx eval");
+        int last = 11;
+        while (!sched[s][last]) last--;
+        dc = fmax(dc, maxdiff(moe_ctx_logits(c), together + ((size_t)s * 12 + last) * V, (size_t)V));
+        moe_ctx_free(c);
+    }
+    printf("%-10s batched vs moe_ctx prefill: max|d| %.3e\n", label, dc);
+    CHECK(dc < 1e-5, "%s: batched vs moe_ctx %.3e", label, dc);
+
+    /* errors: nothing appended anywhere */
+    int32_t pos0[NSEQ];
+    for (int s = 0; s < NSEQ; s++) pos0[s] = moe_seq_pos(seq[s]);
+    int32_t big[40] = {0}, bad = V, neg = -1;
+    float *lg = malloc(sizeof(float) * V);
+    moe_batch_item two[2] = {{seq[0], big, 20, lg}, {seq[1], big, 13, NULL}};
+    CHECK(moe_engine_step(e, two, 2) == MOE_ERR_RANGE, "33 tokens > n_batch 32");
+    printf("error: %s\n", moe_engine_errmsg(e));
+    moe_batch_item five[NSEQ + 1];
+    for (int s = 0; s < NSEQ + 1; s++) five[s] = (moe_batch_item){seq[s % NSEQ], big, 1, NULL};
+    CHECK(moe_engine_step(e, five, NSEQ + 1) == MOE_ERR_RANGE, "more items than n_seq_max");
+    moe_batch_item dup[2] = {{seq[0], big, 1, NULL}, {seq[0], big, 1, NULL}};
+    CHECK(moe_engine_step(e, dup, 2) == MOE_ERR_INVAL, "a sequence twice");
+    printf("error: %s\n", moe_engine_errmsg(e));
+    moe_batch_item badid[2] = {{seq[0], big, 1, NULL}, {seq[1], &bad, 1, NULL}};
+    CHECK(moe_engine_step(e, badid, 2) == MOE_ERR_INVAL, "id == V");
+    printf("error: %s\n", moe_engine_errmsg(e));
+    badid[1].tokens = &neg;
+    CHECK(moe_engine_step(e, badid, 2) == MOE_ERR_INVAL, "id -1");
+    moe_batch_item empty[2] = {{seq[0], big, 1, NULL}, {seq[1], big, 0, NULL}};
+    CHECK(moe_engine_step(e, empty, 2) == MOE_ERR_INVAL, "an empty item");
+    moe_seq *other;
+    CHECK(moe_seq_init(e1, 8, &other) == MOE_OK, "other engine's seq");
+    moe_batch_item foreign[2] = {{seq[0], big, 1, NULL}, {other, big, 1, NULL}};
+    CHECK(moe_engine_step(e, foreign, 2) == MOE_ERR_INVAL, "a sequence of another engine");
+    CHECK(moe_engine_step(e, NULL, 0) == MOE_ERR_INVAL, "no items");
+    /* context full: seq[2] holds 24 tokens */
+    int room = 24 - moe_seq_pos(seq[2]);
+    moe_batch_item full[2] = {{seq[0], big, 1, NULL}, {seq[2], big, room + 1, NULL}};
+    CHECK(room >= 0 && room < 20, "room %d", room);
+    CHECK(moe_engine_step(e, full, 2) == MOE_ERR_RANGE, "context full");
+    printf("error: %s\n", moe_engine_errmsg(e));
+    for (int s = 0; s < NSEQ; s++) CHECK(moe_seq_pos(seq[s]) == pos0[s], "seq %d moved on an error", s);
+    /* the state still works after errors: one more decode step equals its alone run */
+    moe_seq_free(other);
+    CHECK(moe_seq_truncate(seq[3], 5) == MOE_OK && moe_seq_pos(seq[3]) == 5, "truncate");
+    CHECK(moe_seq_truncate(seq[3], 6) == MOE_ERR_INVAL, "truncate past the end");
+    CHECK(moe_seq_n_ctx(seq[3]) == 64, "n_ctx");
+    CHECK(moe_seq_bytes(seq[3]) == (size_t)hp->n_layer * 64 * (size_t)(hp->kv_lora_rank + hp->n_rot) * 4, "bytes");
+    moe_batch_item one = {seq[3], tok[3] + 5, 1, lg};
+    CHECK(moe_engine_step(e, &one, 1) == MOE_OK, "after errors");
+    moe_seq *q;
+    CHECK(moe_seq_init(e1, 64, &q) == MOE_OK, "q");
+    float *lg2 = malloc(sizeof(float) * V);
+    moe_batch_item qa = {q, tok[3], 6, lg2};
+    CHECK(moe_engine_step(e1, &qa, 1) == MOE_OK, "q step");
+    double dt = maxdiff(lg, lg2, (size_t)V);
+    printf("%-10s truncate + decode vs fresh prefill: max|d| %.3e\n", label, dt);
+    CHECK(dt < 1e-5, "%s: truncate + decode %.3e", label, dt);
+    moe_seq_free(q);
+    free(lg);
+    free(lg2);
+    for (int s = 0; s < NSEQ; s++) moe_seq_free(seq[s]);
+    moe_engine_free(e);
+    moe_engine_free(e1);
+    free(together);
+    free(alone);
+    moe_model_close(m);
+}
+
+int main(void) {
+    tu_tmpdir(g_dir, sizeof g_dir);
+    moe_init_config base, c;
+    moe_init_preset("tiny", &base);
+    check_model("tiny", &base);
+    c = base;
+    c.dtype = MOE_DTYPE_Q8_0;
+    check_model("tiny-q8", &c);
+    c = base;
+    c.dtype = MOE_DTYPE_Q4_0;
+    check_model("tiny-q4_0", &c);
+    c = base;
+    c.q_lora_rank = 0;
+    c.gating = 1;
+    c.n_expert_shared = 2;
+    c.dtype = MOE_DTYPE_BF16;
+    check_model("v2like", &c);
+    return test_done();
+}
