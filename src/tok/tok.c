@@ -284,6 +284,7 @@ static moe_status build_specials(moe_tok *t) {
         if (is_special_type(t->type[id]) && t->text[id].len) t->special[n++] = id;
     qsort_r(t->special, n, sizeof *t->special, cmp_special, t);
     size_t m = t->spec_hash_n - 1;
+    for (uint32_t i = 0; i < n; i++) t->n_user_defined += t->type[t->special[i]] == MOE_TOK_TYPE_USER_DEFINED;
     for (uint32_t i = 0; i < n; i++) {
         moe_str s = t->text[t->special[i]];
         t->spec_first[(uint8_t)s.ptr[0]] = 1;
@@ -880,7 +881,7 @@ moe_status moe_tok_encode_ex(const moe_tok *t, const char *text, size_t len, uns
 
     /* 1. special-token partition: claim occurrences in priority order */
     int any = 0;
-    if (t->n_special)
+    if (t->n_special && (parse_special || t->n_user_defined))
         for (size_t i = 0; i < len && !any; i++) any = t->spec_first[s[i]];
     if (any) {
         /* tok_at[i] = index into special[] + 1 of the occurrence claimed at byte i */

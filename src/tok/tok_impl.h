@@ -80,6 +80,7 @@ struct moe_tok {
     /* special tokens (CONTROL, USER_DEFINED, UNKNOWN) for the partition of §5.2 step 1 */
     int32_t *special;      /* owned: ids, longest text first (stable by id) */
     uint32_t n_special;
+    uint32_t n_user_defined; /* USER_DEFINED among them (matched even without parse_special) */
     uint32_t *spec_hash;   /* owned: text -> index into special[] + 1 (first in order wins) */
     size_t spec_hash_n;
     uint32_t *spec_lens;   /* owned: distinct text lengths, descending */
