@@ -53,7 +53,7 @@ static void heatmap(FILE *f, const moe_experts_stats *s) {
     if (cw > 40) cw = 40;
     if (cw < 3) cw = 3;
     const double ch = nm > 40 ? 10 : 22, x0 = 60, y0 = 30;
-    const double W = x0 + cw * E + 20, H = y0 + ch * nm + 40;
+    const double W = fmax(x0 + cw * E + 20, 620), H = y0 + ch * nm + 40; /* room for the legend */
     fprintf(f, "<svg id=\"heatmap\" xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"token share per layer and expert\">\n",
             W, H, W, H);
