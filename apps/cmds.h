@@ -10,6 +10,7 @@ int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_info(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_detokenize(int argc, char **argv);
+int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_experts(int argc, char **argv);
 
 #endif

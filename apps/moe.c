@@ -19,6 +19,7 @@ static const command k_cmds[] = {
     {"info", moe_cmd_info, "print a GGUF file's metadata and tensors"},
     {"tokenize", moe_cmd_tokenize, "text to token ids"},
     {"detokenize", moe_cmd_detokenize, "token ids to text"},
+    {"serve", moe_cmd_serve, "OpenAI-compatible HTTP server with continuous batching and metrics"},
     {"experts", moe_cmd_experts, "expert routing statistics, pruning and pruned-vs-base comparison"},
 };
 
