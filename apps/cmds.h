@@ -8,6 +8,8 @@ int moe_cmd_eval(int argc, char **argv);
 int moe_cmd_run(int argc, char **argv);
 int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_info(int argc, char **argv);
+int moe_cmd_convert(int argc, char **argv);
+int moe_cmd_quantize(int argc, char **argv);
 int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_detokenize(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);

@@ -16,6 +16,8 @@ static const command k_cmds[] = {
     {"eval", moe_cmd_eval, "evaluate token ids and write all positions' logits"},
     {"run", moe_cmd_run, "generate text from a prompt, streaming to stdout"},
     {"bench", moe_cmd_bench, "prefill/decode speed and % of the memory-bandwidth roofline"},
+    {"convert", moe_cmd_convert, "import a Hugging Face DeepSeek-V2/V3 checkpoint into GGUF"},
+    {"quantize", moe_cmd_quantize, "requantize a GGUF model (q8_0, q4_0, q4_k) with an error report"},
     {"info", moe_cmd_info, "print a GGUF file's metadata and tensors"},
     {"tokenize", moe_cmd_tokenize, "text to token ids"},
     {"detokenize", moe_cmd_detokenize, "token ids to text"},

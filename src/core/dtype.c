@@ -241,6 +241,175 @@ int moe_dtype_dequant_row(int type, const void *src, float *dst, int64_t n) {
     }
 }
 
+/* ---- quantizers beyond Q8_0/Q4_0 (ggml-quants.c reference paths, no importance matrix) ---- */
+
+/* ggml's nearest_int: round to nearest, ties to even, by the 1.5·2^23 trick. The input is
+ * clamped first so hostile values (inf, NaN, huge) cannot reach the bit trick's undefined range. */
+static inline int nearest_int(float fval) {
+    if (!(fval > -4194303.0f)) fval = -4194303.0f; /* also maps NaN */
+    if (fval > 4194303.0f) fval = 4194303.0f;
+    float val = fval + 12582912.f;
+    int i;
+    memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* make_qkx2_quants (ggml-quants.c): asymmetric n-element quantization to 0..nmax with a
+ * weighted least-squares refinement of (scale, min) over nstep+1 candidate scales.
+ * Returns the scale; *the_min receives -min (>= 0). */
+static float make_qkx2_quants(int n, int nmax, const float *restrict x, const float *restrict weights,
+                              uint8_t *restrict L, float *restrict the_min, uint8_t *restrict Laux, float rmin,
+                              float rdelta, int nstep, int use_mad) {
+    float min = x[0], max = x[0];
+    float sum_w = weights[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        float w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = -min;
+        return 0.f;
+    }
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * (x[i] - min));
+        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
+        float diff = scale * L[i] + min - x[i];
+        diff = use_mad ? fabsf(diff) : diff * diff;
+        best_error += weights[i] * diff;
+    }
+    if (nstep < 1) {
+        *the_min = -min;
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * (x[i] - min));
+            l = l < 0 ? 0 : l > nmax ? nmax : l;
+            Laux[i] = (uint8_t)l;
+            float w = weights[i];
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = this_scale * Laux[i] + this_min - x[i];
+                diff = use_mad ? fabsf(diff) : diff * diff;
+                cur_error += weights[i] * diff;
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* quantize_row_q4_K_ref: per 32-element sub-block make_qkx2_quants(nmax 15, weights
+ * sqrt(mean x²) + |x|, rmin -1, rdelta 0.1, 20 steps); the 8 scales and mins are quantized to
+ * 6 bits against d = max_scale/63 and dmin = max_min/63 (F16), then every value is re-quantized
+ * with the rounded sub-block scale and min. Layout: spec gguf.md §9.6–9.7. */
+static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) {
+    uint8_t L[256], Laux[32], *scl = y + 4, *q = y + 16;
+    float weights[32], mins[8], scales[8];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0);
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    for (int j = 0; j < 8; ++j) {
+        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
+        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
+        ls = ls < 63 ? ls : 63;
+        lm = lm < 63 ? lm : 63;
+        if (j < 4) {
+            scl[j] = ls;
+            scl[j + 4] = lm;
+        } else {
+            scl[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+            scl[j - 4] |= (uint8_t)((ls >> 4) << 6);
+            scl[j - 0] |= (uint8_t)((lm >> 4) << 6);
+        }
+    }
+    uint16_t hd = moe_f32_to_f16(max_scale / 63.f), hm = moe_f32_to_f16(max_min / 63.f);
+    y[0] = (uint8_t)hd;
+    y[1] = (uint8_t)(hd >> 8);
+    y[2] = (uint8_t)hm;
+    y[3] = (uint8_t)(hm >> 8);
+    for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        k_scale_min(j, scl, &sc, &m);
+        const float d = moe_f16_to_f32(hd) * sc;
+        if (!d) continue;
+        const float dm = moe_f16_to_f32(hm) * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            int l = nearest_int((x[32 * j + ii] + dm) / d);
+            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
+        }
+    }
+    for (int j = 0; j < 256; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        q += 32;
+    }
+}
+
+/* quantize_row_q5_0_ref (spec gguf.md §9.4): the signed value of largest magnitude maps to -16;
+ * q = min(31, (int8)(x*id + 16.5f)); low nibbles in qs, fifth bits in qh (element j -> bit j). */
+static void quant_q5_0_block(const float *restrict x, uint8_t *restrict y) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    float d = max / -16, id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = moe_f32_to_f16(d);
+    y[0] = (uint8_t)h;
+    y[1] = (uint8_t)(h >> 8);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        int8_t a = (int8_t)(x[j] * id + 16.5f), b = (int8_t)(x[16 + j] * id + 16.5f);
+        uint8_t xi0 = (uint8_t)(a < 31 ? a : 31), xi1 = (uint8_t)(b < 31 ? b : 31);
+        y[6 + j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    y[2] = (uint8_t)qh;
+    y[3] = (uint8_t)(qh >> 8);
+    y[4] = (uint8_t)(qh >> 16);
+    y[5] = (uint8_t)(qh >> 24);
+}
+
 int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
     uint8_t *d8 = dst;
     switch (type) {
@@ -289,6 +458,14 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
                 d8[2 + j] = (uint8_t)(u0 | (u1 << 4));
             }
         }
+        return 0;
+    case MOE_DTYPE_Q5_0:
+        if (n % 32) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 32; b++) quant_q5_0_block(src + b * 32, d8 + b * 22);
+        return 0;
+    case MOE_DTYPE_Q4_K:
+        if (n % 256) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 256; b++) quant_q4_k_block(src + b * 256, d8 + b * 144);
         return 0;
     default: return MOE_ERR_UNSUPPORTED;
     }
