@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "moe/model.h"
+#include "moe/tok.h"
 #include "testutil.h"
 
 static int32_t *read_tokens(const char *path, int *n) {
@@ -171,17 +172,34 @@ out:
     moe_model_close(m);
 }
 
+/* End to end from text: the prompt file is tokenized with the model's own tokenizer (the ids must
+ * equal the reference ids), then evaluated and compared with llama.cpp's logits. */
 static void case_realvocab(void) {
     char p[1024], path[1024], err[256];
     moe_model *m;
+    moe_tok *tk = NULL;
     moe_status st = moe_model_open(tu_shared("vectors/models/tiny-v3-realvocab-f16.gguf", path, sizeof path), &m, err, sizeof err);
     CHECK(st == MOE_OK, "realvocab: open: %s", err);
     if (st) return;
+    CHECK(moe_tok_init_from_gguf(moe_model_gguf(m), &tk, err, sizeof err) == MOE_OK, "realvocab: tokenizer: %s", err);
     int V = moe_model_hparams(m)->n_vocab;
-    for (int k = 1; k <= 3; k++) {
+    for (int k = 1; k <= 3 && tk; k++) {
         int T;
         snprintf(p, sizeof p, "vectors/models/tiny-v3-realvocab-f16.ref%d.tokens.json", k);
-        int32_t *tok = read_tokens(tu_shared(p, path, sizeof path), &T);
+        int32_t *ref_tok = read_tokens(tu_shared(p, path, sizeof path), &T);
+        snprintf(p, sizeof p, "vectors/models/tiny-v3-realvocab-f16.ref%d.prompt.txt", k);
+        size_t plen = 0, n_ids = 0;
+        char *text = tu_read_file(tu_shared(p, path, sizeof path), &plen);
+        int32_t *tok = NULL;
+        CHECK(text && moe_tok_encode(tk, text, plen, 1, 1, &tok, &n_ids) == MOE_OK, "realvocab ref%d: tokenize", k);
+        CHECK(ref_tok && tok && (int)n_ids == T && !memcmp(tok, ref_tok, sizeof(int32_t) * (size_t)T),
+              "realvocab ref%d: text tokenizes to the reference ids", k);
+        free(text);
+        free(ref_tok);
+        if (tok && (int)n_ids != T) {
+            free(tok);
+            tok = NULL;
+        }
         snprintf(p, sizeof p, "vectors/models/tiny-v3-realvocab-f16.ref%d.logits.f32", k);
         double *lla = tok ? read_ref(tu_shared(p, path, sizeof path), (size_t)T * V, 0) : NULL;
         CHECK(tok && lla, "realvocab ref%d: reading", k);
@@ -200,6 +218,7 @@ static void case_realvocab(void) {
         free(tok);
         free(lla);
     }
+    moe_tok_free(tk);
     moe_model_close(m);
 }
 
