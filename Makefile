@@ -44,6 +44,8 @@ test-slow: build
 # Until a trained default model ships: a tiny random model, made once, then run.
 run: build
 	@test -f $(MODEL) || $(BUILD)/moe init --preset tiny --seed 1 -o $(MODEL)
+	@echo "make run: $(MODEL) has random weights (no trained default model ships yet), so the text below is noise;"
+	@echo "          it shows the whole path working: load, tokenize, prefill, decode, sample, stream."
 	$(BUILD)/moe run -m $(MODEL) -p "Hello, moekit" -n 32 --seed 1
 
 bench: build
