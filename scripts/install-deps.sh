@@ -18,7 +18,7 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -gt 0 ]; then  # (then the npm section below, which runs every time)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -29,3 +29,16 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm: the server tests' client (the official `openai` package, pinned by tests/server/package-lock.json).
+# Installed only when tests/server/node_modules is missing; npm's registry is the only one used.
+srv_tests="$(cd "$(dirname "$0")/.." && pwd)/tests/server"
+if [ -f "$srv_tests/package-lock.json" ] && [ ! -d "$srv_tests/node_modules/openai" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "install-deps: installing npm"
+    $( [ "$(id -u)" -ne 0 ] && echo sudo ) apt-get install -y -qq --no-install-recommends npm
+  fi
+  echo "install-deps: npm ci --prefix tests/server"
+  npm ci --prefix "$srv_tests" --no-audit --no-fund --loglevel=error
+fi

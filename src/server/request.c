@@ -26,9 +26,38 @@ void srv_error_set(srv_error *e, int status, const char *type, const char *code,
     va_end(ap);
 }
 
+/* Messages may quote client bytes cut at a byte count: replace what is not valid UTF-8 by '?'
+ * so the error JSON can always be built. */
+static void utf8_clean(const char *in, char *out, size_t n) {
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)in;
+    while (*p && o + 1 < n) {
+        unsigned c = *p;
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        uint32_t cp = len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+        size_t k = 1;
+        for (; len > 1 && k < len && (p[k] & 0xc0) == 0x80; k++) cp = (cp << 6) | (p[k] & 0x3f);
+        int ok = len == 1 || (len > 1 && k == len && !(len == 2 && cp < 0x80) && !(len == 3 && cp < 0x800) &&
+                              !(len == 4 && (cp < 0x10000 || cp > 0x10ffff)) && !(cp >= 0xd800 && cp <= 0xdfff));
+        if (!ok || o + len >= n) {
+            out[o++] = '?';
+            p += ok ? len : 1;
+            if (ok) break;
+            continue;
+        }
+        memcpy(out + o, p, len);
+        o += len;
+        p += len;
+    }
+    out[o] = 0;
+}
+
 char *srv_error_json(const srv_error *e) {
-    json_t *o = json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", e->message, "type", e->type, "param",
-                          e->param[0] ? json_string(e->param) : json_null(), "code",
+    char msg[sizeof e->message], param[sizeof e->param];
+    utf8_clean(e->message, msg, sizeof msg);
+    utf8_clean(e->param, param, sizeof param);
+    json_t *o = json_pack("{s:{s:s,s:s,s:o,s:o}}", "error", "message", msg, "type", e->type, "param",
+                          param[0] ? json_string(param) : json_null(), "code",
                           e->code ? json_string(e->code) : json_null());
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT);
@@ -323,6 +352,7 @@ int srv_request_parse(srv_kind kind, const char *body, size_t len, srv_params *p
     p->seed = (uint64_t)seed;
     if (parse_stop(r, p, err)) goto fail;
     if (get_bool(r, "stream", "stream", &p->stream, err)) goto fail;
+    if (get_bool(r, "ignore_eos", "ignore_eos", &p->ignore_eos, err)) goto fail;
     json_t *so = opt(r, "stream_options");
     if (so) {
         if (!json_is_object(so)) {

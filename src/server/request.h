@@ -44,6 +44,7 @@ typedef struct srv_params {
     size_t n_stop;
     int stream;
     int include_usage;     /* stream_options.include_usage */
+    int ignore_eos;        /* extension (as vLLM): generate through end-of-sequence tokens */
 } srv_params;
 
 /* An error as OpenAI shapes it: {"error": {"message", "type", "param", "code"}}. */

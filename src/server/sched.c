@@ -233,7 +233,7 @@ static void on_token(srv_sched *s, int i) {
     pthread_mutex_unlock(&s->metrics->mu);
     if (r->n_gen == 1) r->t_first = now;
     r->t_last = now;
-    if (moe_tok_is_eog(s->tok, id)) {
+    if (!r->ignore_eos && moe_tok_is_eog(s->tok, id)) {
         slot_release(s, i, SRV_FINISH_STOP, NULL);
         return;
     }

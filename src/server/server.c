@@ -334,6 +334,7 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
     r->kind = k->kind;
     r->stream = rp.stream;
     r->include_usage = rp.include_usage;
+    r->ignore_eos = rp.ignore_eos;
     r->prompt = ids;
     r->n_prompt = (int32_t)n_prompt;
     r->max_tokens = (int32_t)max_tokens;

@@ -102,7 +102,7 @@ typedef struct srv_req {
     struct srv_req *next; /* queue link (sched->mu) */
     char id[48];
     srv_kind kind;
-    int stream, include_usage;
+    int stream, include_usage, ignore_eos;
     /* inputs (HTTP thread before submit; read-only after) */
     int32_t *prompt; /* owned */
     int32_t n_prompt;

@@ -106,6 +106,15 @@ static void test_request(void) {
     deep[o] = 0;
     expect_400(SRV_KIND_COMPLETION, deep, NULL, NULL);
     free(deep);
+    /* a message quoting client bytes cut inside a UTF-8 character still makes valid error JSON */
+    CHECK(parse(SRV_KIND_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\u20ac\"}]}]}", &p, &e) == -1, "image part");
+    char *ej = srv_error_json(&e);
+    CHECK(ej && strstr(ej, "aaa?"), "cut character replaced: %s", ej ? ej : "(null)");
+    free(ej);
+    srv_error_set(&e, 400, NULL, NULL, "p\xff", "bad \xc3 byte \xed\xa0\x80 and \xf0\x9f\x98\x80 ok");
+    ej = srv_error_json(&e);
+    CHECK(ej && strstr(ej, "bad ? byte ??? and \xf0\x9f\x98\x80 ok") && strstr(ej, "\"p?\""), "utf8 clean: %s", ej ? ej : "(null)");
+    free(ej);
     /* body bytes need not be NUL-terminated */
     const char raw[] = "{\"prompt\":\"ok\"}GARBAGE";
     CHECK(srv_request_parse(SRV_KIND_COMPLETION, raw, 15, &p, &e) == 0, "length-delimited body");
