@@ -13,3 +13,5 @@ if(MOE_NODE)
 else()
   message(STATUS "moekit: node not found: server integration tests (tests/server/*.mjs) not registered")
 endif()
+# the unit test (parsers, framing, settings) also joins the sanitizer pass
+set_tests_properties(server_test_server_units PROPERTIES LABELS "server;asan")
