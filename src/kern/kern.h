@@ -22,19 +22,62 @@ typedef struct moe_wview {
     size_t row_bytes;
 } moe_wview;
 
+/* An activation block for W8A8 products: 32 values x[j] ≈ d·q[j], q = rint(x·127/amax)
+ * (round to nearest even, 127/amax in binary32), d = amax/127 in binary32, s = Σ q[j] (the compensation term of the
+ * unsigned×signed int8 dot products, computed once per block instead of once per weight row). */
+#define MOE_Q8A_MIN 1e-36f /* blocks with amax below this quantize to zero (127/amax must stay finite) */
+typedef struct moe_q8a {
+    float d;
+    int32_t s;
+    int8_t q[32];
+} moe_q8a;
+
+/* Scratch a matrix product may use, carved by the caller once (no allocation per product):
+ * `scratch` n_threads × per_thread floats (dequantized weight tiles), `xq` xq_cap activation
+ * blocks (T × in/32 for W8A8 inputs; NULL disables W8A8). */
+typedef struct moe_kern_ws {
+    float *scratch;
+    size_t per_thread;
+    moe_q8a *xq;
+    size_t xq_cap;
+} moe_kern_ws;
+
 /* Rows dequantized per tile (each thread dequantizes a tile once, then reuses it for all T). */
 #define MOE_KERN_TILE 16
 
 /* Per-thread scratch floats that moe_kern_matmul needs for inputs of length `in`. */
 static inline size_t moe_kern_scratch_floats(int64_t in) { return (size_t)MOE_KERN_TILE * (size_t)in + 64; }
 
-/* y[t*ldy + o] = Σ_i W[o][i] · x[t*ldx + i] for t < T, o < w->out. `scratch` holds
- * n_threads × moe_kern_scratch_floats(max in) floats. Rows are split across the pool. */
+/* y[t*ldy + o] = Σ_i W[o][i] · x[t*ldx + i] for t < T, o < w->out. ws->scratch holds
+ * n_threads × moe_kern_scratch_floats(max in) floats. Rows are split across the pool.
+ * Q8_0 and Q4_0 weights take the W8A8 path when moe_kern_int8_enabled() and ws->xq has room
+ * for T × in/32 blocks: x is quantized once (moe_kern_quant_act), then integer dot products
+ * (moe_kern_mmq_rows). Other types: rows dequantized to F32 per tile, F32 dot products. */
 void moe_kern_matmul(moe_pool *pool, const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy,
-                     int64_t T, float *scratch, size_t scratch_per_thread);
+                     int64_t T, const moe_kern_ws *ws);
 /* Single-threaded variant over rows [o0, o1) (callers that parallelize themselves). */
 void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t T,
                           int64_t o0, int64_t o1, float *scratch);
+
+/* W8A8 (Q8_0 and Q4_0 weights). Activations: n (multiple of 32) floats to n/32 blocks. */
+void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n);
+void moe_kern_quant_act_ref(const float *x, moe_q8a *y, int64_t n);
+/* y[t*ldy + o] for rows o in [o0, o1), t < T, from activation blocks xq (T × in/32, token-major).
+ * Per (row, token) the integer dot of each block b is exact; blocks are accumulated in order,
+ * acc = fmaf((float)idot_b, d_w(b)·d_x(b), acc) from 0, so every SIMD form equals the ref bit
+ * for bit and the result depends neither on T nor on the row split. */
+void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1);
+void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
+                           int64_t o1);
+/* 1 when the weight type has a W8A8 path. */
+int moe_kern_mmq_supported(int type);
+/* W8A8 on (default) unless MOE_INT8=0 in the environment; moe_kern_set_int8 overrides. */
+int moe_kern_int8_enabled(void);
+void moe_kern_set_int8(int on);
+
+/* Measured int8 peak of this machine: int8 ops/s (multiply-add = 2) of the dot-product
+ * instruction the W8A8 kernels use, run on every pool thread for `seconds` (kern_q8.c). */
+double moe_kern_int8_peak(moe_pool *pool, double seconds);
 
 /* Dot product of n floats (SIMD where available; fixed summation order per n). */
 float moe_kern_dot(const float *a, const float *b, int64_t n);
@@ -51,7 +94,12 @@ void moe_kern_softmax(float *x, int64_t n);
 /* x[i] = silu(x[i]) · u[i] */
 void moe_kern_swiglu(float *x, const float *u, int64_t n);
 
-/* Name of the SIMD level in use ("avx2", "scalar", ...). */
+/* Name of the SIMD level in use ("avx512vnni", "avx2", "neon", "scalar"). MOE_FORCE_REF=1 in
+ * the environment selects the scalar reference forms everywhere. */
 const char *moe_kern_simd_name(void);
+/* SIMD level: 0 scalar, 1 avx2+fma+f16c, 2 + avx512 vnni/vl/bw, 3 neon; moe_kern_set_level
+ * lowers it (tests compare every level against the ref). Returns the previous level. */
+int moe_kern_level(void);
+int moe_kern_set_level(int level);
 
 #endif

@@ -75,7 +75,7 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         {(void **)&c->tok_pos, B, 4},        {(void **)&c->tok_cache, B, sizeof(float *)},
         {(void **)&c->tok_nctx, B, 4},       {(void **)&c->hl, NO * D, 4},
         {(void **)&c->lo, NO * V, 4},        {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
-        {(void **)&c->counts, L * zmax(E, 1), 8},
+        {(void **)&c->counts, L * zmax(E, 1), 8}, {(void **)&c->xq, B * (max_in / 32 + 1), sizeof(moe_q8a)},
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
@@ -87,6 +87,7 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         *parts[i].p = cur;
         cur += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
     }
+    c->ws = (moe_kern_ws){c->scratch, c->scratch_per_thread, c->xq, B * (max_in / 32 + 1)};
     *out = c;
     return MOE_OK;
 nomem:

@@ -114,7 +114,7 @@ static moe_wview slice(const sliced_w *s, int64_t k) {
     return w;
 }
 
-#define MM(w, x, ldx, y, ldy, T) moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), c->scratch, c->scratch_per_thread)
+#define MM(w, x, ldx, y, ldy, T) moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), &c->ws)
 
 static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_model *m = c->m;

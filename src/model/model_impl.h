@@ -74,6 +74,8 @@ struct moe_engine {
     float *lo;           /* (n_out, V) their logits */
     float *scratch;      /* (n_threads, scratch_per_thread) */
     size_t scratch_per_thread;
+    moe_q8a *xq;         /* (B, max in / 32) activation blocks of W8A8 products */
+    moe_kern_ws ws;      /* scratch + xq, as the kernels take them */
     uint64_t *counts;    /* (L, E) routing counters */
     float *scores;       /* owned, separate: (n_threads, scores_cap), grown by moe_seq_init */
     size_t scores_cap;

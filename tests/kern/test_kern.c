@@ -16,6 +16,195 @@ static float frand(void) {
     return (float)((double)(g_s >> 11) * 0x1.0p-53 * 2.0 - 1.0);
 }
 
+/* float64 product of dequantized weight rows and dequantized activation blocks */
+static double ref_dot_q(const moe_wview *w, int64_t o, const moe_q8a *a) {
+    float row[4096];
+    moe_dtype_dequant_row(w->type, w->data + (size_t)o * w->row_bytes, row, w->in);
+    double e = 0;
+    for (int64_t i = 0; i < w->in; i++) e += (double)row[i] * ((double)a[i / 32].d * a[i / 32].q[i % 32]);
+    return e;
+}
+
+static void fill_x(float *x, int64_t n, int kind) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = frand();
+        switch (kind) {
+        case 1: v *= 1e-40f; break;           /* denormals */
+        case 2: v *= 3e37f; break;            /* near the top of binary32 */
+        case 3: v = (i % 32 < 16) ? 0.0f : v; break; /* half-zero blocks */
+        case 4: v = (float)((int)(v * 8)) * 0.5f; break; /* many exact ties at 127/amax steps */
+        default: break;
+        }
+        x[i] = v;
+    }
+    if (kind == 3)
+        for (int64_t i = 0; i < 32 && i < n; i++) x[i] = 0.0f; /* an all-zero block */
+}
+
+static void test_w8a8(void) {
+    const int top = moe_kern_level();
+    static float x[9 * 2048];
+    static moe_q8a r[9 * 64], s[9 * 64];
+    /* activation quantization: every level vs ref, bit for bit */
+    int same = 1;
+    for (int kind = 0; kind < 5; kind++) {
+        fill_x(x, 9 * 2048, kind);
+        moe_kern_quant_act_ref(x, r, 9 * 2048);
+        for (int l = top; l >= 1; l--) {
+            moe_kern_set_level(l);
+            moe_kern_quant_act(x, s, 9 * 2048);
+            same &= memcmp(r, s, sizeof(moe_q8a) * 9 * 64) == 0;
+        }
+        moe_kern_set_level(top);
+        /* the ref against its definition: |x - d·q| <= d/2 */
+        double worst = 0;
+        for (int64_t i = 0; i < 9 * 2048; i++) {
+            const moe_q8a *b = &r[i / 32];
+            double err = fabs((double)x[i] - (double)b->d * b->q[i % 32]);
+            if (b->d > 0) worst = fmax(worst, err / b->d);
+        }
+        CHECK(worst <= 0.5 + 1e-3, "quant_act kind %d: error %.3f steps", kind, worst);
+    }
+    CHECK(same, "quant_act: SIMD differs from ref");
+    printf("quant_act: all levels bit-identical to ref (random, denormal, huge, zero blocks, ties)\n");
+    /* integer products: every level vs ref bit for bit, and vs float64 */
+    int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0};
+    int64_t ins[] = {32, 96, 2048};
+    int Ts[] = {1, 3, 5, 9};
+    static uint8_t wq[45 * 2176];
+    static float y0[9 * 45], y1[9 * 45];
+    for (size_t k = 0; k < 2; k++)
+        for (size_t ii = 0; ii < 3; ii++) {
+            int t = types[k];
+            int64_t in = ins[ii], OUT = 45;
+            size_t rb = moe_dtype_row_bytes(t, in);
+            /* raw random blocks (Q8_0 includes -128, which the quantizer never writes) with sane scales */
+            for (size_t i = 0; i < rb * (size_t)OUT; i++) {
+                g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+                wq[i] = (uint8_t)(g_s >> 56);
+            }
+            for (int64_t o = 0; o < OUT; o++)
+                for (int64_t b = 0; b < in / 32; b++) {
+                    uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.01f)); /* row 3: denormal f16 scales */
+                    memcpy(wq + (size_t)o * rb + (size_t)b * (t == MOE_DTYPE_Q8_0 ? 34 : 18), &h, 2);
+                }
+            if (t == MOE_DTYPE_Q8_0)
+                for (int64_t b = 0; b < in / 32; b++) memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
+            moe_wview w = {wq, t, in, OUT, rb};
+            for (size_t q = 0; q < 4; q++) {
+                int T = Ts[q];
+                fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
+                for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
+                moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+                double md = 0, scale = 0;
+                for (int tt = 0; tt < T; tt++)
+                    for (int64_t o = 0; o < OUT; o++) {
+                        double e = ref_dot_q(&w, o, r + tt * (in / 32));
+                        md = fmax(md, fabs(e - y0[tt * OUT + o]));
+                        scale = fmax(scale, fabs(e));
+                    }
+                CHECK(md <= 1e-5 * (scale + 1e-30), "mmq %s in=%lld T=%d: ref vs float64 %.3e (scale %.3e)",
+                      moe_dtype_name(t), (long long)in, T, md, scale);
+                for (int l = top; l >= 1; l--) {
+                    moe_kern_set_level(l);
+                    memset(y1, 0, sizeof y1);
+                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 0, OUT);
+                    CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "mmq %s in=%lld T=%d: level %d differs from ref",
+                          moe_dtype_name(t), (long long)in, T, l);
+                    /* a row range not starting at a multiple of 8 */
+                    memset(y1, 0, sizeof y1);
+                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 3, 40);
+                    int ok = 1;
+                    for (int tt = 0; tt < T; tt++)
+                        for (int o = 3; o < 40; o++) ok &= y1[tt * OUT + o] == y0[tt * OUT + o];
+                    CHECK(ok, "mmq %s rows 3..40 level %d", moe_dtype_name(t), l);
+                }
+                moe_kern_set_level(top);
+            }
+        }
+    printf("mmq q8_0/q4_0: levels 1..%d bit-identical to ref (in 32/96/2048, T 1/3/5/9, 45 rows, -128, denormal scales)\n", top);
+    /* matmul with W8A8: threads do not change results, and it equals quant_act + mmq_rows */
+    moe_pool *pool = moe_pool_init(3);
+    const int64_t IN = 256, OUT = 100, T = 7;
+    static float W[100 * 256], X[7 * 300], Y[7 * 100], Y1[7 * 100], Y2[7 * 100];
+    static uint8_t Q[100 * 272];
+    static moe_q8a XQ[7 * 8];
+    for (int i = 0; i < OUT * IN; i++) W[i] = frand();
+    for (int i = 0; i < T * 300; i++) X[i] = frand();
+    for (size_t k = 0; k < 2; k++) {
+        int t = types[k];
+        size_t rb = moe_dtype_row_bytes(t, IN);
+        for (int o = 0; o < OUT; o++) moe_dtype_quant_row(t, W + o * IN, Q + o * rb, IN);
+        moe_wview w = {Q, t, IN, OUT, rb};
+        float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(IN));
+        moe_kern_ws ws = {scratch, moe_kern_scratch_floats(IN), XQ, 7 * 8};
+        moe_kern_matmul(pool, &w, X, 300, Y, OUT, T, &ws);
+        moe_kern_matmul(NULL, &w, X, 300, Y1, OUT, T, &ws);
+        for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(X + tt * 300, XQ + tt * 8, IN);
+        moe_kern_mmq_rows_ref(&w, XQ, T, Y2, OUT, 0, OUT);
+        CHECK(memcmp(Y, Y1, sizeof Y) == 0, "w8a8 matmul %s: threads change results", moe_dtype_name(t));
+        CHECK(memcmp(Y, Y2, sizeof Y) == 0, "w8a8 matmul %s: differs from quant_act_ref + mmq_rows_ref", moe_dtype_name(t));
+        /* accuracy of W8A8 against the exact product of the stored weights: activation rounding only */
+        double md = 0, mx = 0;
+        float row[256];
+        for (int tt = 0; tt < T; tt++)
+            for (int o = 0; o < OUT; o++) {
+                moe_dtype_dequant_row(t, Q + o * rb, row, IN);
+                double e = 0;
+                for (int i = 0; i < IN; i++) e += (double)row[i] * X[tt * 300 + i];
+                md = fmax(md, fabs(e - Y[tt * OUT + o]));
+                mx = fmax(mx, fabs(e));
+            }
+        printf("w8a8 matmul %-5s max |err| vs exact %.2e (max |y| %.2f; activation rounding)\n", moe_dtype_name(t), md, mx);
+        CHECK(md < 0.02 * mx, "w8a8 %s error %.3e", moe_dtype_name(t), md);
+        free(scratch);
+    }
+    moe_pool_free(pool);
+}
+
+/* K-quants compute through the row dequantizer: the product equals float64 over dtype.c's rows */
+static void test_kquants(void) {
+    int types[] = {MOE_DTYPE_Q4_K, MOE_DTYPE_Q5_K, MOE_DTYPE_Q6_K};
+    const int64_t IN = 512, OUT = 40, T = 3;
+    static uint8_t Q[40 * 512];
+    static float X[3 * 512], Y[3 * 40], row[512];
+    for (int i = 0; i < T * IN; i++) X[i] = frand();
+    moe_pool *pool = moe_pool_init(2);
+    float *scratch = malloc(sizeof(float) * 2 * moe_kern_scratch_floats(IN));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(IN), NULL, 0};
+    for (size_t k = 0; k < 3; k++) {
+        int t = types[k];
+        size_t rb = moe_dtype_row_bytes(t, IN), bb = moe_dtype_block_bytes(t);
+        for (size_t i = 0; i < rb * OUT; i++) Q[i] = (uint8_t)(frand() * 128 + 128);
+        for (size_t b = 0; b < rb * OUT / bb; b++) {
+            uint16_t d = moe_f32_to_f16(0.01f * (frand() + 1.5f)), dm = moe_f32_to_f16(0.003f * (frand() + 1.5f));
+            uint8_t *blk = Q + b * bb;
+            if (t == MOE_DTYPE_Q6_K) {
+                memcpy(blk + 208, &d, 2);
+            } else {
+                memcpy(blk, &d, 2);
+                memcpy(blk + 2, &dm, 2);
+            }
+        }
+        moe_wview w = {Q, t, IN, OUT, rb};
+        moe_kern_matmul(pool, &w, X, IN, Y, OUT, T, &ws);
+        double md = 0, mx = 0;
+        for (int o = 0; o < OUT; o++) {
+            moe_dtype_dequant_row(t, Q + o * rb, row, IN);
+            for (int tt = 0; tt < T; tt++) {
+                double e = 0;
+                for (int i = 0; i < IN; i++) e += (double)row[i] * X[tt * IN + i];
+                md = fmax(md, fabs(e - Y[tt * OUT + o]));
+                mx = fmax(mx, fabs(e));
+            }
+        }
+        printf("matmul %-5s max |err| vs float64 over dtype.c rows %.2e (max |y| %.2f)\n", moe_dtype_name(t), md, mx);
+        CHECK(md < 1e-5 * (mx + 1), "matmul %s error %.3e", moe_dtype_name(t), md);
+    }
+    free(scratch);
+    moe_pool_free(pool);
+}
+
 int main(void) {
     printf("simd: %s\n", moe_kern_simd_name());
     /* dot: SIMD vs ref, all lengths 0..300 (tails) */
@@ -63,8 +252,9 @@ int main(void) {
         for (int o = 0; o < OUT; o++) moe_dtype_quant_row(t, W + o * IN, Q + o * rb, IN);
         moe_wview w = {Q, t, IN, OUT, rb};
         for (int i = 0; i < T * LDY; i++) Y[i] = Y1[i] = -7.0f;
-        moe_kern_matmul(pool, &w, X, LDX, Y, LDY, T, scratch, moe_kern_scratch_floats(IN));
-        moe_kern_matmul(NULL, &w, X, LDX, Y1, LDY, T, scratch, moe_kern_scratch_floats(IN));
+        moe_kern_ws ws = {scratch, moe_kern_scratch_floats(IN), NULL, 0};
+        moe_kern_matmul(pool, &w, X, LDX, Y, LDY, T, &ws);
+        moe_kern_matmul(NULL, &w, X, LDX, Y1, LDY, T, &ws);
         double md = 0;
         float row[96];
         for (int tt = 0; tt < T; tt++)
@@ -84,6 +274,9 @@ int main(void) {
     }
     free(scratch);
     moe_pool_free(pool);
+
+    test_w8a8();
+    test_kquants();
 
     /* rmsnorm, softmax, swiglu against their formulas */
     float x[37], w[37], y[37];

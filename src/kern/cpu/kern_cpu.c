@@ -1,8 +1,16 @@
 /* moekit kernels, CPU SIMD forms and run-time dispatch.
  *
- * x86-64: AVX2+FMA (and F16C for F16 rows) compiled with target attributes, chosen once from
- * __builtin_cpu_supports; every other machine uses the scalar ref. The AVX2 dot product keeps
- * 4×8 FMA lanes and reduces them in the same order as moe_kern_dot_ref (bit-identical). */
+ * Levels, chosen once from __builtin_cpu_supports (x86-64) or the build target (aarch64):
+ * 0 scalar ref, 1 AVX2+FMA+F16C, 2 level 1 + AVX-512 F/VL/BW/VNNI, 3 NEON. Every SIMD function
+ * is compiled with a target attribute, so the default build runs on any x86-64.
+ * MOE_FORCE_REF=1 forces level 0. The AVX2 dot product keeps 4×8 FMA lanes and reduces them in
+ * the same order as moe_kern_dot_ref (bit-identical).
+ *
+ * moe_kern_matmul: Q8_0/Q4_0 weights go the W8A8 way (kern_q8.c) unless MOE_INT8=0; other
+ * types dequantize tiles of MOE_KERN_TILE rows to F32 once per tile and reuse them for all T
+ * tokens. Threads take contiguous ranges of whole tiles; the result of every (row, token) is
+ * computed by one thread in a fixed order, so it does not depend on the thread count. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kern/kern.h"
@@ -66,33 +74,67 @@ __attribute__((target("avx2"))) static void dequant_bf16_avx2(const void *src, f
 }
 #endif
 
-static int g_level = -1; /* 0 scalar, 1 avx2+fma+f16c */
+static int g_level = -1, g_int8 = -1;
 
-static int level(void) {
-    if (g_level < 0) {
-        int l = 0;
+static int detect(void) {
+    int l = 0;
+    const char *f = getenv("MOE_FORCE_REF");
+    if (f && *f && strcmp(f, "0") != 0) return 0;
 #ifdef MOE_X86
-        __builtin_cpu_init();
-        /* every AVX2 CPU also has F16C (clang 14 has no "f16c" feature string to ask) */
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
+    __builtin_cpu_init();
+    /* every AVX2 CPU also has F16C (clang 14 has no "f16c" feature string to ask) */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
+    if (l && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
+        l = 2;
+#elif defined(__aarch64__)
+    l = 3;
 #endif
-        g_level = l;
-    }
+    return l;
+}
+
+static inline int level(void) {
+    if (g_level < 0) g_level = detect();
     return g_level;
 }
 
-const char *moe_kern_simd_name(void) { return level() ? "avx2" : "scalar"; }
+int moe_kern_level(void) { return level(); }
+
+int moe_kern_set_level(int l) {
+    int old = level(), top = detect();
+    /* only levels this machine runs: lower x86 levels, or scalar */
+    if (l < 0 || (top == 3 && l != 0 && l != 3) || (top != 3 && l > top)) return old;
+    g_level = l;
+    return old;
+}
+
+int moe_kern_int8_enabled(void) {
+    if (g_int8 < 0) {
+        const char *e = getenv("MOE_INT8");
+        g_int8 = !(e && !strcmp(e, "0"));
+    }
+    return g_int8;
+}
+
+void moe_kern_set_int8(int on) { g_int8 = on ? 1 : 0; }
+
+const char *moe_kern_simd_name(void) {
+    static const char *names[] = {"scalar", "avx2", "avx512vnni", "neon"};
+    return names[level()];
+}
+
+#define X86_SIMD() (level() == 1 || level() == 2)
 
 float moe_kern_dot(const float *a, const float *b, int64_t n) {
 #ifdef MOE_X86
-    if (level()) return dot_avx2(a, b, n);
+    if (X86_SIMD()) return dot_avx2(a, b, n);
 #endif
     return moe_kern_dot_ref(a, b, n);
 }
 
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n) {
 #ifdef MOE_X86
-    if (level()) {
+    if (X86_SIMD()) {
         switch (type) {
         case MOE_DTYPE_F16: dequant_f16_avx2(src, dst, n); return;
         case MOE_DTYPE_Q8_0: dequant_q8_0_avx2(src, dst, n); return;
@@ -134,24 +176,57 @@ typedef struct {
     int64_t ldx;
     float *y;
     int64_t ldy, T;
-    float *scratch;
-    size_t per_thread;
+    const moe_kern_ws *ws;
 } mm_job;
+
+/* tile range of thread ith: whole tiles, contiguous */
+static void tile_range(int64_t out, int ith, int nth, int64_t *o0, int64_t *o1) {
+    int64_t tiles = (out + MOE_KERN_TILE - 1) / MOE_KERN_TILE;
+    *o0 = tiles * ith / nth * MOE_KERN_TILE;
+    *o1 = tiles * (ith + 1) / nth * MOE_KERN_TILE;
+    if (*o1 > out) *o1 = out;
+}
 
 static void mm_worker(void *arg, int ith, int nth) {
     mm_job *j = arg;
-    int64_t tiles = (j->w->out + MOE_KERN_TILE - 1) / MOE_KERN_TILE;
-    int64_t t0 = tiles * ith / nth, t1 = tiles * (ith + 1) / nth;
-    int64_t o0 = t0 * MOE_KERN_TILE, o1 = t1 * MOE_KERN_TILE;
-    if (o1 > j->w->out) o1 = j->w->out;
-    if (o0 < o1) moe_kern_matmul_rows(j->w, j->x, j->ldx, j->y, j->ldy, j->T, o0, o1, j->scratch + (size_t)ith * j->per_thread);
+    int64_t o0, o1;
+    tile_range(j->w->out, ith, nth, &o0, &o1);
+    if (o0 < o1)
+        moe_kern_matmul_rows(j->w, j->x, j->ldx, j->y, j->ldy, j->T, o0, o1, j->ws->scratch + (size_t)ith * j->ws->per_thread);
+}
+
+static void mmq_worker(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    int64_t o0, o1;
+    tile_range(j->w->out, ith, nth, &o0, &o1);
+    if (o0 < o1) moe_kern_mmq_rows(j->w, j->ws->xq, j->T, j->y, j->ldy, o0, o1);
+}
+
+static void quant_worker(void *arg, int ith, int nth) {
+    mm_job *j = arg;
+    const int64_t nb = j->w->in / 32;
+    for (int64_t t = j->T * ith / nth; t < j->T * (ith + 1) / nth; t++)
+        moe_kern_quant_act(j->x + t * j->ldx, j->ws->xq + t * nb, j->w->in);
 }
 
 void moe_kern_matmul(moe_pool *pool, const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy,
-                     int64_t T, float *scratch, size_t scratch_per_thread) {
-    mm_job j = {w, x, ldx, y, ldy, T, scratch, scratch_per_thread};
-    if (!pool || moe_pool_n_threads(pool) == 1 || w->out < 2 * MOE_KERN_TILE)
-        moe_kern_matmul_rows(w, x, ldx, y, ldy, T, 0, w->out, scratch);
+                     int64_t T, const moe_kern_ws *ws) {
+    mm_job j = {w, x, ldx, y, ldy, T, ws};
+    const int par = pool && moe_pool_n_threads(pool) > 1;
+    if (moe_kern_mmq_supported(w->type) && ws->xq && moe_kern_int8_enabled() &&
+        (size_t)(T * (w->in / 32)) <= ws->xq_cap) {
+        if (par && T * w->in >= 16384)
+            moe_pool_run(pool, quant_worker, &j);
+        else
+            quant_worker(&j, 0, 1);
+        if (!par || w->out < 2 * MOE_KERN_TILE)
+            moe_kern_mmq_rows(w, ws->xq, T, y, ldy, 0, w->out);
+        else
+            moe_pool_run(pool, mmq_worker, &j);
+        return;
+    }
+    if (!par || w->out < 2 * MOE_KERN_TILE)
+        moe_kern_matmul_rows(w, x, ldx, y, ldy, T, 0, w->out, ws->scratch);
     else
         moe_pool_run(pool, mm_worker, &j);
 }

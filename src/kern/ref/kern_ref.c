@@ -1,9 +1,11 @@
 /* moekit kernels, scalar reference forms. These are the specification the SIMD forms are
  * tested against; they stay forever. The dot product sums in 8 interleaved lanes and then
- * pairwise, the same order the AVX2 form uses, so both give bit-identical results. */
+ * pairwise, the same order the AVX2 form uses, so both give bit-identical results. W8A8: activations to 32-value int8
+ * blocks (moe_q8a), exact integer block dots, blocks accumulated in order with one fmaf each. */
 #include <math.h>
 
 #include "kern/kern.h"
+#include "moe/dtype.h"
 
 float moe_kern_dot_ref(const float *a, const float *b, int64_t n) {
     float acc[32] = {0};
@@ -44,4 +46,62 @@ void moe_kern_swiglu(float *x, const float *u, int64_t n) {
 
 void moe_kern_axpy(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
+/* ---- W8A8 ---- */
+
+void moe_kern_quant_act_ref(const float *x, moe_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++, x += 32, y++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        if (amax < MOE_Q8A_MIN) amax = 0.0f; /* 127/amax would overflow: the block is zero */
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        int32_t s = 0;
+        y->d = amax / 127.0f;
+        for (int j = 0; j < 32; j++) {
+            int32_t q = (int32_t)rintf(x[j] * id); /* round to nearest even, as cvtps2dq */
+            y->q[j] = (int8_t)q;
+            s += q;
+        }
+        y->s = s;
+    }
+}
+
+static float f16(const uint8_t *p) { return moe_f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+/* integer dot of one weight block with one activation block */
+static int32_t idot_q8_0(const uint8_t *wb, const moe_q8a *a) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += (int32_t)(int8_t)wb[2 + j] * a->q[j];
+    return s;
+}
+
+static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) {
+        s += ((wb[2 + j] & 0x0F) - 8) * a->q[j];
+        s += ((wb[2 + j] >> 4) - 8) * a->q[j + 16];
+    }
+    return s;
+}
+
+int moe_kern_mmq_supported(int type) { return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0; }
+
+void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
+                           int64_t o1) {
+    const int64_t nb = w->in / 32;
+    const size_t bb = w->type == MOE_DTYPE_Q8_0 ? 34 : 18;
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *row = w->data + (size_t)o * w->row_bytes;
+        for (int64_t t = 0; t < T; t++) {
+            const moe_q8a *a = xq + t * nb;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *wb = row + (size_t)b * bb;
+                int32_t d = w->type == MOE_DTYPE_Q8_0 ? idot_q8_0(wb, a + b) : idot_q4_0(wb, a + b);
+                acc = fmaf((float)d, f16(wb) * a[b].d, acc);
+            }
+            y[t * ldy + o] = acc;
+        }
+    }
 }

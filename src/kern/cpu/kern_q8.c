@@ -1,0 +1,353 @@
+/* moekit kernels: W8A8 integer matrix products for Q8_0 and Q4_0 weights (SIMD forms).
+ *
+ * Numerics (identical in every form, see kern.h): activations are quantized once per product to
+ * moe_q8a blocks; for each (row, token) the integer dot of every 32-value block is exact, and the
+ * blocks are accumulated in order with acc = fma((float)idot, d_w·d_x, acc). SIMD forms put 8
+ * rows in the 8 lanes of a vector, so each lane performs exactly the ref's sequence of fmas.
+ *
+ * Integer dots:
+ *  - AVX2: Q8_0 with the sign trick (|w| as u8, x·sign(w) as s8, maddubs never saturates since
+ *    |w| ≤ 128, |x| ≤ 127); Q4_0 nibbles are u8 0..15: maddubs(q, x) − 8·Σx.
+ *  - AVX-512 VNNI (VL, ymm): vpdpbusd(u8, s8); Q8_0 weights as w ⊕ 0x80 = w + 128, so
+ *    Σ(w+128)x − 128·Σx; Q4_0 as above. Σx is the block's `s`, computed at quantization.
+ *  - NEON: vmull_s8 + vpadalq_s16 (armv8.0, no dotprod needed).
+ * The 8 per-row partial vectors are reduced with a fixed hadd tree (integer, exact).
+ * Rows not a multiple of 8 at the end of a range use the ref. */
+#include <math.h>
+#include <string.h>
+
+#include "kern/kern.h"
+#include "moe/dtype.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MOE_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#ifdef MOE_X86
+/* ---- activation quantization ---- */
+__attribute__((target("avx2,fma"))) static void quant_act_avx2(const float *x, moe_q8a *y, int64_t n) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / 32; b++, x += 32, y++) {
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16),
+               v3 = _mm256_loadu_ps(x + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float amax = _mm_cvtss_f32(h);
+        if (amax < MOE_Q8A_MIN) amax = 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y->d = amax / 127.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, vid)),
+                i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, vid));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        y->s = _mm_cvtsi128_si32(s4);
+        /* pack 32 int32 -> 32 int8 in order: packs work per 128-bit lane, permute restores order */
+        __m256i p01 = _mm256_packs_epi32(i0, i1), p23 = _mm256_packs_epi32(i2, i3);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y->q, p);
+    }
+}
+
+/* sums of 8 vectors of 8 int32 lanes: out lane i = Σ lanes of p[i] */
+__attribute__((target("avx2"))) static inline __m256i reduce8(const __m256i p[8]) {
+    __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+    /* a: [r0 r1 r2 r3 (low halves) | r0 r1 r2 r3 (high halves)], b likewise for r4..r7 */
+    __m256i lo = _mm256_permute2x128_si256(a, b, 0x20), hi = _mm256_permute2x128_si256(a, b, 0x31);
+    return _mm256_add_epi32(lo, hi);
+}
+
+__attribute__((target("avx2,f16c"))) static inline __m256 scales8(const uint8_t *const r[8], size_t off) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; i++) memcpy(&h[i], r[i] + off, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+#define TT 4 /* tokens per pass over an 8-row group (accumulators kept in registers) */
+
+/* Unpack a Q4_0 block's 16 bytes to 32 u8 nibbles in element order. */
+__attribute__((target("avx2"))) static inline __m256i q4_unpack(const uint8_t *qs) {
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y,
+                                                             int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32;
+    const int q8 = w->type == MOE_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 18;
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const uint8_t *r[8];
+        for (int i = 0; i < 8; i++) r[i] = w->data + (size_t)(o + i) * w->row_bytes;
+        for (int64_t t0 = 0; t0 < T; t0 += TT) {
+            const int nt = T - t0 < TT ? (int)(T - t0) : TT;
+            __m256 acc[TT];
+            for (int k = 0; k < TT; k++) acc[k] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                const size_t off = (size_t)b * bb;
+                const __m256 dw = scales8(r, off);
+                __m256i wq[8];
+                for (int i = 0; i < 8; i++)
+                    wq[i] = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
+                for (int k = 0; k < nt; k++) {
+                    const moe_q8a *a = xq + (t0 + k) * nb + b;
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)a->q);
+                    __m256i p[8];
+                    for (int i = 0; i < 8; i++) {
+                        __m256i m16 = q8 ? _mm256_maddubs_epi16(_mm256_sign_epi8(wq[i], wq[i]), _mm256_sign_epi8(x, wq[i]))
+                                         : _mm256_maddubs_epi16(wq[i], x);
+                        p[i] = _mm256_madd_epi16(m16, ones);
+                    }
+                    __m256i s = reduce8(p);
+                    if (!q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * a->s));
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), acc[k]);
+                }
+            }
+            for (int k = 0; k < nt; k++) {
+                float v[8];
+                _mm256_storeu_ps(v, acc[k]);
+                for (int i = 0; i < 8; i++) y[(t0 + k) * ldy + o + i] = v[i];
+            }
+        }
+    }
+    if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32;
+    const int q8 = w->type == MOE_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 18;
+    const int32_t bias = q8 ? 128 : 8;
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    int64_t o = o0;
+    for (; o + 8 <= o1; o += 8) {
+        const uint8_t *r[8];
+        for (int i = 0; i < 8; i++) r[i] = w->data + (size_t)(o + i) * w->row_bytes;
+        for (int i = 0; i < 8; i++) _mm_prefetch((const char *)r[i] + w->row_bytes * 8, _MM_HINT_T0);
+        for (int64_t t0 = 0; t0 < T; t0 += TT) {
+            const int nt = T - t0 < TT ? (int)(T - t0) : TT;
+            __m256 acc[TT];
+            for (int k = 0; k < TT; k++) acc[k] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                const size_t off = (size_t)b * bb;
+                const __m256 dw = scales8(r, off);
+                __m256i wq[8];
+                for (int i = 0; i < 8; i++) {
+                    _mm_prefetch((const char *)r[i] + off + 512, _MM_HINT_T0);
+                    wq[i] = q8 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(r[i] + off + 2)), flip)
+                               : q4_unpack(r[i] + off + 2);
+                }
+                for (int k = 0; k < nt; k++) {
+                    const moe_q8a *a = xq + (t0 + k) * nb + b;
+                    const __m256i x = _mm256_loadu_si256((const __m256i *)a->q);
+                    __m256i p[8];
+                    for (int i = 0; i < 8; i++) p[i] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq[i], x);
+                    __m256i s = _mm256_sub_epi32(reduce8(p), _mm256_set1_epi32(bias * a->s));
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), acc[k]);
+                }
+            }
+            for (int k = 0; k < nt; k++) {
+                float v[8];
+                _mm256_storeu_ps(v, acc[k]);
+                for (int i = 0; i < 8; i++) y[(t0 + k) * ldy + o + i] = v[i];
+            }
+        }
+    }
+    if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
+}
+#endif /* MOE_X86 */
+
+#if defined(__aarch64__)
+static void quant_act_neon(const float *x, moe_q8a *y, int64_t n) {
+    for (int64_t b = 0; b < n / 32; b++, x += 32, y++) {
+        float32x4_t v[8], m = vdupq_n_f32(0.0f);
+        for (int k = 0; k < 8; k++) {
+            v[k] = vld1q_f32(x + 4 * k);
+            m = vmaxq_f32(m, vabsq_f32(v[k]));
+        }
+        float amax = vmaxvq_f32(m);
+        if (amax < MOE_Q8A_MIN) amax = 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y->d = amax / 127.0f;
+        int32_t s = 0;
+        for (int k = 0; k < 8; k++) {
+            int32x4_t q = vcvtnq_s32_f32(vmulq_n_f32(v[k], id)); /* nearest, ties to even */
+            s += vaddvq_s32(q);
+            int32_t t[4];
+            vst1q_s32(t, q);
+            for (int j = 0; j < 4; j++) y->q[4 * k + j] = (int8_t)t[j];
+        }
+        y->s = s;
+    }
+}
+
+static void mmq_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32;
+    const int q8 = w->type == MOE_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 18;
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *row = w->data + (size_t)o * w->row_bytes;
+        for (int64_t t = 0; t < T; t++) {
+            const moe_q8a *a = xq + t * nb;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *wb = row + (size_t)b * bb;
+                int8x16_t w0, w1;
+                if (q8) {
+                    w0 = vld1q_s8((const int8_t *)wb + 2);
+                    w1 = vld1q_s8((const int8_t *)wb + 18);
+                } else {
+                    uint8x16_t q = vld1q_u8(wb + 2);
+                    w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
+                    w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+                }
+                int8x16_t x0 = vld1q_s8(a[b].q), x1 = vld1q_s8(a[b].q + 16);
+                int32x4_t s = vdupq_n_s32(0);
+                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w0), vget_high_s8(x0)));
+                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w1), vget_high_s8(x1)));
+                uint16_t h;
+                memcpy(&h, wb, 2);
+                acc = fmaf((float)vaddvq_s32(s), moe_f16_to_f32(h) * a[b].d, acc);
+            }
+            y[t * ldy + o] = acc;
+        }
+    }
+}
+#endif
+
+void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
+#ifdef MOE_X86
+    if (moe_kern_level() >= 1) {
+        quant_act_avx2(x, y, n);
+        return;
+    }
+#endif
+#if defined(__aarch64__)
+    if (moe_kern_level() == 3) {
+        quant_act_neon(x, y, n);
+        return;
+    }
+#endif
+    moe_kern_quant_act_ref(x, y, n);
+}
+
+void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+#ifdef MOE_X86
+    int l = moe_kern_level();
+    if (l == 2) {
+        mmq_vnni(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+    if (l == 1) {
+        mmq_avx2(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+#endif
+#if defined(__aarch64__)
+    if (moe_kern_level() == 3) {
+        mmq_neon(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+#endif
+    moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+}
+
+/* ---- int8 peak probe ----
+ * The machine's int8 multiply-accumulate peak, measured: a loop of independent dot-product
+ * instructions (12 accumulators, no loads) on every pool thread for about `seconds`; returns
+ * int8 operations per second (one multiply-add = 2 ops), all threads together. The instruction
+ * is the one the W8A8 kernels use at this level: AVX-512 VNNI vpdpbusd zmm (64 MACs), else
+ * AVX2 vpmaddubsw ymm (32 MACs; its vpmaddwd partner is not counted), else 0 (no probe). */
+typedef struct {
+    double seconds, *ops;
+} peak_job;
+
+#ifdef MOE_X86
+#include <time.h>
+/* thread CPU time: the probe measures the core, not the neighbours sharing it */
+static double tnow(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static double peak_vnni(double seconds) {
+    __m512i a[12], x = _mm512_set1_epi8(3), w = _mm512_set1_epi8(5);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_epi32(i);
+    double t0 = tnow(), t;
+    long n = 0;
+    do {
+        for (int r = 0; r < 1000; r++) {
+            for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], x, w);
+            __asm__ volatile("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]));
+        }
+        n += 1000;
+    } while ((t = tnow()) - t0 < seconds);
+    int32_t sink[16];
+    __m512i s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm512_add_epi32(s, a[i]);
+    _mm512_storeu_si512(sink, s);
+    __asm__ volatile("" ::"r"(sink[0]));
+    return (double)n * 12.0 * 64.0 * 2.0 / (t - t0);
+}
+
+__attribute__((target("avx2"))) static double peak_avx2(double seconds) {
+    __m256i a[12], x = _mm256_set1_epi8(3), w = _mm256_set1_epi8(5);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_epi16((short)i);
+    double t0 = tnow(), t;
+    long n = 0;
+    do {
+        for (int r = 0; r < 1000; r++) {
+            for (int i = 0; i < 12; i++) a[i] = _mm256_add_epi16(a[i], _mm256_maddubs_epi16(x, w));
+            __asm__ volatile("" : "+x"(a[0]), "+x"(a[1]), "+x"(a[2]), "+x"(a[3]), "+x"(a[4]), "+x"(a[5]));
+        }
+        n += 1000;
+    } while ((t = tnow()) - t0 < seconds);
+    int16_t sink[16];
+    __m256i s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_epi16(s, a[i]);
+    _mm256_storeu_si256((__m256i *)sink, s);
+    __asm__ volatile("" ::"r"(sink[0]));
+    return (double)n * 12.0 * 32.0 * 2.0 / (t - t0);
+}
+#endif
+
+static void peak_worker(void *arg, int ith, int nth) {
+    peak_job *j = arg;
+    double r = 0;
+#ifdef MOE_X86
+    if (moe_kern_level() == 2) r = peak_vnni(j->seconds);
+    else if (moe_kern_level() == 1) r = peak_avx2(j->seconds);
+#endif
+    j->ops[ith] = r;
+    (void)nth;
+}
+
+double moe_kern_int8_peak(moe_pool *pool, double seconds) {
+    double ops[256] = {0};
+    peak_job j = {seconds, ops};
+    int n = pool ? moe_pool_n_threads(pool) : 1;
+    if (pool) moe_pool_run(pool, peak_worker, &j);
+    else peak_worker(&j, 0, 1);
+    double s = 0;
+    for (int i = 0; i < n && i < 256; i++) s += ops[i];
+    return s;
+}
