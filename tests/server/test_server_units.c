@@ -5,6 +5,7 @@
 #include "../../src/server/api.c"
 #include "../../src/server/metrics.c"
 #include "../../src/server/request.c"
+#include "../../src/server/sched.c"
 #include "../../src/server/settings.c"
 #include "../../src/server/util.c"
 #include "testutil.h"
@@ -245,7 +246,39 @@ static void test_metrics(void) {
     srv_metrics_free(&m);
 }
 
+/* stop strings: text is held while it may start a stop string, cut before the first match */
+static void test_stop(void) {
+    struct {
+        const char *stops[2];
+        const char *pieces[6];
+        const char *want_out; /* published text */
+        int stopped;
+    } cases[] = {
+        {{"END", NULL}, {"ab", "cE", "N", "Dxx", NULL}, "abc", 1},
+        {{"END", NULL}, {"abE", "Nx", "E", NULL}, "abENxE", 0}, /* the trailing E is held until the end */
+        {{"\n\n", "##"}, {"a\n", "b#", "#c", NULL}, "a\nb", 1},
+        {{"xyz", "y"}, {"aaxy", NULL}, "aax", 1}, /* earliest match wins */
+        {{"\xe2\x82\xac", NULL}, {"1\xe2\x82", "\xac" "2", NULL}, "1", 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        srv_req *r = srv_req_new();
+        for (int i = 0; i < 2 && cases[c].stops[i]; i++) {
+            r->stop[i] = strdup(cases[c].stops[i]);
+            r->stop_len[i] = strlen(r->stop[i]);
+            r->n_stop = (size_t)i + 1;
+        }
+        int stopped = 0;
+        for (int i = 0; cases[c].pieces[i] && !stopped; i++) stopped = emit_text(r, cases[c].pieces[i], strlen(cases[c].pieces[i]));
+        if (!stopped && r->hold.len) publish(r, r->hold.p, r->hold.len); /* what req_done does at the end */
+        CHECK(stopped == cases[c].stopped, "case %zu stopped %d", c, stopped);
+        CHECK(r->out.len == strlen(cases[c].want_out) && !memcmp(r->out.p ? r->out.p : "", cases[c].want_out, r->out.len),
+              "case %zu out '%.*s' want '%s'", c, (int)r->out.len, r->out.p ? r->out.p : "", cases[c].want_out);
+        srv_req_unref(r);
+    }
+}
+
 int main(void) {
+    test_stop();
     test_request();
     test_sse();
     test_settings();

@@ -15,3 +15,11 @@ else()
 endif()
 # the unit test (parsers, framing, settings) also joins the sanitizer pass
 set_tests_properties(server_test_server_units PROPERTIES LABELS "server;asan")
+# the issue's load test: 64 concurrent streams for 60 s, only 429s allowed, every stream complete,
+# RSS stable (label slow: `make test-slow` / ctest -L slow)
+if(MOE_NODE)
+  add_test(NAME server_soak COMMAND ${MOE_NODE} ${CMAKE_SOURCE_DIR}/tests/server/load.mjs soak --streams 64 --seconds 60
+           --tokens 48 -- --parallel 16 --queue 32 WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/server)
+  set_tests_properties(server_soak PROPERTIES LABELS "server;slow;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
+                       TIMEOUT 300)
+endif()
