@@ -57,8 +57,9 @@ uint16_t moe_f32_to_bf16(float f);
 /* Dequantize one row of n elements of `type` from `src` into `dst` (n floats).
  * Returns MOE_ERR_UNSUPPORTED (as int) for types this build cannot read. */
 int moe_dtype_dequant_row(int type, const void *src, float *dst, int64_t n);
-/* Quantize/convert n floats into `type`: F32, F16, BF16, Q8_0 and Q4_0, bit-identical to
- * ggml's reference quantizers (Q4_0 is the no-imatrix path of llama-quantize). n must be a
+/* Quantize/convert n floats into `type`: F32, F16, BF16, Q8_0, Q4_0, Q5_0 and Q4_K following
+ * ggml's reference quantizers (Q8_0 and Q4_0 bit-identical; Q4_0/Q4_K are the no-imatrix paths
+ * of llama-quantize). n must be a
  * multiple of the block size (else MOE_ERR_INVAL); other types give MOE_ERR_UNSUPPORTED.
  * Returns 0 or a negative moe_status. */
 int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n);
