@@ -2,7 +2,7 @@
 // --shutdown-timeout, streams still running are cut with an error event and it still exits 0;
 // the access log is JSON lines with id, status, tokens and latency.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -92,4 +92,44 @@ test("ready is 503 while draining", async () => {
   agent.destroy();
   const r = await srv.exited;
   assert.equal(r.code, 0, srv.log);
+});
+
+test("YAML config is applied, flags override it, SIGHUP reloads reloadable settings", async () => {
+  const cfg = path.join(dir, "moe.yaml");
+  writeFileSync(cfg, "# server settings\nparallel: 1\nctx: 300\nmax_tokens: 50\nmodel_name: from-yaml\nretry_after: 3\n");
+  const srv = await startServer(model, ["--config", cfg, "--retry-after", "4", "--access-log", ""]);
+  const m = await metrics(srv);
+  assert.equal(m.get("moe_kv_cache_capacity_tokens"), 300);
+  const models = JSON.parse((await request(srv, "GET", "/v1/models")).body);
+  assert.equal(models.data[0].id, "from-yaml");
+  let r = await request(srv, "POST", "/v1/completions", { prompt: "x", max_tokens: 60 });
+  assert.equal(r.status, 400, r.body);
+  writeFileSync(cfg, "parallel: 1\nctx: 300\nmax_tokens: 80\nmodel_name: from-yaml\n");
+  srv.child.kill("SIGHUP");
+  assert.ok(await waitFor(() => /reloaded/.test(srv.log), 3000), srv.log);
+  r = await request(srv, "POST", "/v1/completions", { prompt: "x", max_tokens: 60, ignore_eos: true });
+  assert.equal(r.status, 200, r.body);
+  // a bad config on reload keeps the running settings
+  writeFileSync(cfg, "max_tokens: lots\n");
+  srv.child.kill("SIGHUP");
+  assert.ok(await waitFor(() => /reload failed.*max_tokens/.test(srv.log), 3000), srv.log);
+  assert.equal((await request(srv, "POST", "/v1/completions", { prompt: "x", max_tokens: 70, ignore_eos: true })).status, 200);
+  assert.equal((await srv.stop()).code, 0);
+});
+
+test("bad settings exit 1 with a message naming the setting", async () => {
+  const { spawnSync } = await import("node:child_process");
+  let p = spawnSync(process.env.MOE_BIN, ["serve", "-m", model, "--parallel", "0"], { encoding: "utf8" });
+  assert.equal(p.status, 1);
+  assert.match(p.stderr, /parallel/);
+  p = spawnSync(process.env.MOE_BIN, ["serve", "-m", model, "--bogus", "1"], { encoding: "utf8" });
+  assert.equal(p.status, 1);
+  assert.match(p.stderr, /--bogus/);
+  const cfg = path.join(dir, "bad.yaml");
+  writeFileSync(cfg, "port: 1\nnot_a_setting: 2\n");
+  p = spawnSync(process.env.MOE_BIN, ["serve", "-m", model, "--config", cfg], { encoding: "utf8" });
+  assert.equal(p.status, 1);
+  assert.match(p.stderr, /line 2.*not_a_setting/);
+  p = spawnSync(process.env.MOE_BIN, ["serve", "-m", path.join(dir, "missing.gguf"), "--port", "0"], { encoding: "utf8" });
+  assert.equal(p.status, 1);
 });
