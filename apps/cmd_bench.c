@@ -3,7 +3,18 @@
  * Decoding a MoE model reads, per token, the attention and router weights, the shared experts,
  * the K routed experts each token selects, the output head and the KV cache. The fastest
  * possible decode is bandwidth ÷ those bytes; this command measures both terms in the same run
- * (its own bandwidth probe) and reports decode tokens/s as a percentage of that limit. */
+ * (its own bandwidth probe) and reports decode tokens/s as a percentage of that limit.
+ *
+ * Batched decode (--batch 1,4,16): n sequences decode together through moe_engine_step, one
+ * token each per step. A step reads the dense weights and the head once, each distinct expert
+ * a step selects once per layer (counted from the routing counters, step by step) and every
+ * sequence's KV cache; its roofline is bandwidth ÷ those bytes, and roofline_pct is the bytes
+ * actually streamed per second as a share of the probed bandwidth.
+ *
+ * Prefill (pp) is also given as a share of the machine's int8 peak: int8 ops per prompt token
+ * (2 × the multiply-adds of the W8A8 products, moe_model_matmul_macs; attention scores, router
+ * and head left out) × pp ÷ the peak measured in the same run by moe_kern_int8_peak (a loop of
+ * independent vpdpbusd zmm — or vpmaddubsw ymm without VNNI — on every thread). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,14 +23,18 @@
 #include "core/membw.h"
 #include "core/pool.h"
 #include "kern/kern.h"
+#include "moe/batch.h"
 #include "moe/model.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moe bench -m MODEL [-p 512] [-n 128] [-t N] [-r 3] [--json]\n\n"
+            "usage: moe bench -m MODEL [-p 512] [-n 128] [-t N] [-r 3] [--batch 1,4,16] [--json]\n\n"
             "  -p N    prompt tokens for the prefill test (pp)     -n N   tokens decoded (tg)\n"
             "  -t N    threads (default: all cores)                -r N   repetitions; medians are reported\n"
-            "  --json  one JSON object: pp, tg, bandwidth_gbs, active_bytes_per_token, roofline_pct, ...\n");
+            "  --batch N,N,...  also decode N sequences together (moe_engine_step), -n steps each;\n"
+            "          total tokens/s and %% of that batch's own roofline (distinct experts per step)\n"
+            "  --json  one JSON object: pp, tg, bandwidth_gbs, active_bytes_per_token, roofline_pct,\n"
+            "          int8_peak_gops, pp_int8_peak_pct, batch: [{n, tg, roofline_pct}, ...]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -32,8 +47,82 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+#define MAX_BATCHES 16
+
+typedef struct {
+    int n;
+    double tg, roof_pct, bytes_step, limit;
+} batch_res;
+
+/* n sequences decode n_g steps together; returns MOE_OK and fills r */
+static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t *toks, int n_toks, batch_res *r,
+                            double bw, char *err, size_t errlen) {
+    const moe_hparams *hp = moe_model_hparams(m);
+    moe_engine_params ep = moe_engine_default_params();
+    ep.n_batch = n;
+    ep.n_seq_max = n;
+    ep.n_threads = nth;
+    moe_engine *e = NULL;
+    moe_seq **seq = calloc((size_t)n, sizeof *seq);
+    moe_batch_item *it = calloc((size_t)n, sizeof *it);
+    float *lg = malloc(sizeof(float) * (size_t)n * (size_t)hp->n_vocab);
+    const size_t LE = (size_t)hp->n_layer * (size_t)hp->n_expert;
+    uint64_t *prev = calloc(LE + 1, sizeof *prev);
+    moe_status st = MOE_ERR_NOMEM;
+    if (!seq || !it || !lg || !prev) goto out;
+    if ((st = moe_engine_init(m, &ep, &e, err, errlen))) goto out;
+    for (int i = 0; i < n; i++)
+        if ((st = moe_seq_init(e, n_g + 2, &seq[i]))) {
+            snprintf(err, errlen, "%s", moe_engine_errmsg(e));
+            goto out;
+        }
+    /* first token of every sequence (pages in the caches), not timed */
+    for (int i = 0; i < n; i++) it[i] = (moe_batch_item){seq[i], &toks[i % n_toks], 1, lg + (size_t)i * hp->n_vocab};
+    if ((st = moe_engine_step(e, it, n))) goto fail;
+    const double eb = (double)moe_model_expert_bytes(m);
+    const double base = (double)moe_model_active_bytes(m) -
+                        (double)moe_model_n_moe_layers(m) * hp->n_expert_used * eb;
+    const double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
+    double bytes = 0, t0 = cli_now();
+    for (int k = 0; k < n_g; k++) {
+        for (int il = 0; il < hp->n_layer; il++) {
+            const uint64_t *c = moe_engine_expert_counts(e, il);
+            if (c) memcpy(prev + (size_t)il * hp->n_expert, c, sizeof(uint64_t) * (size_t)hp->n_expert);
+        }
+        for (int i = 0; i < n; i++) it[i].tokens = &toks[(i * 7 + k + 1) % n_toks];
+        if ((st = moe_engine_step(e, it, n))) goto fail;
+        /* bytes of this step: dense weights + head once, distinct experts once, every cache */
+        double distinct = 0;
+        for (int il = 0; il < hp->n_layer; il++) {
+            const uint64_t *c = moe_engine_expert_counts(e, il);
+            if (!c) continue;
+            for (int x = 0; x < hp->n_expert; x++) distinct += c[x] != prev[(size_t)il * hp->n_expert + x];
+        }
+        bytes += base + distinct * eb + kv_row * (double)n * (double)(k + 2);
+    }
+    double dt = cli_now() - t0;
+    r->n = n;
+    r->tg = (double)n * n_g / dt;
+    r->bytes_step = bytes / n_g;
+    r->limit = bw > 0 ? (double)n * bw / r->bytes_step : 0;
+    r->roof_pct = bw > 0 ? 100.0 * (bytes / dt) / bw : 0;
+    goto out;
+fail:
+    snprintf(err, errlen, "%s", moe_engine_errmsg(e));
+out:
+    if (seq)
+        for (int i = 0; i < n; i++) moe_seq_free(seq[i]);
+    moe_engine_free(e);
+    free(seq);
+    free(it);
+    free(lg);
+    free(prev);
+    return st;
+}
+
 int moe_cmd_bench(int argc, char **argv) {
     const char *model = NULL;
+    int batches[MAX_BATCHES], n_batches = 0;
     long long n_p = 512, n_g = 128, threads = 0, reps = 3;
     int json = 0;
     for (int i = 1; i < argc; i++) {
@@ -56,6 +145,16 @@ int moe_cmd_bench(int argc, char **argv) {
             if (cli_int("bench", a, v, 1, 1024, &threads)) return 1;
         } else if (!strcmp(a, "-r")) {
             if (cli_int("bench", a, v, 1, 1000, &reps)) return 1;
+        } else if (!strcmp(a, "--batch")) {
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", v);
+            n_batches = 0;
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                long long b;
+                if (n_batches == MAX_BATCHES) return cli_fail("bench", "--batch: at most %d sizes", MAX_BATCHES);
+                if (cli_int("bench", a, tok, 1, 256, &b)) return 1;
+                batches[n_batches++] = (int)b;
+            }
         } else return cli_fail("bench", "unknown option '%s' (see moe bench --help)", a);
     }
     if (!model) return cli_fail("bench", "give the model with -m MODEL.gguf");
@@ -85,6 +184,7 @@ int moe_cmd_bench(int argc, char **argv) {
     /* bandwidth probe with the same thread count */
     moe_pool *pool = moe_pool_init(nth);
     double bw = pool ? moe_membw_probe(pool, (size_t)1 << 30, 5) : 0.0;
+    double peak = pool ? moe_kern_int8_peak(pool, 0.5) : 0.0; /* int8 ops/s, all threads */
     moe_pool_free(pool);
 
     /* deterministic pseudo-random tokens */
@@ -121,12 +221,31 @@ int moe_cmd_bench(int argc, char **argv) {
     double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
     double active = (double)moe_model_active_bytes(m) + kv_row * (1.0 + (double)n_g / 2.0);
     double limit = bw > 0 ? bw / active : 0, roof = limit > 0 ? 100.0 * tg_med / limit : 0;
+    /* prefill as a share of the int8 peak (only meaningful when the products run W8A8) */
+    const double pp_ops = 2.0 * (double)moe_model_matmul_macs(m);
+    const int w8a8 = moe_kern_int8_enabled() && moe_kern_level() > 0;
+    double pp_peak = peak > 0 ? 100.0 * pp_med * pp_ops / peak : 0;
+    batch_res br[MAX_BATCHES];
+    for (int b = 0; b < n_batches; b++) {
+        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], bw, err, sizeof err)) {
+            cli_fail("bench", "batch %d: %s", batches[b], err);
+            goto out;
+        }
+        if (!json)
+            fprintf(stderr, "bench: batch %d: %.2f tokens/s, %.1f%% of its roofline\n", br[b].n, br[b].tg, br[b].roof_pct);
+    }
     char b1[32], b2[32];
     if (json) {
-        printf("{\"model\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"n_prompt\": %lld, \"n_gen\": %lld, \"reps\": %lld, "
-               "\"pp\": %.3f, \"tg\": %.3f, \"bandwidth_gbs\": %.3f, \"active_bytes_per_token\": %.0f, "
-               "\"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"batch\": []}\n",
-               model, nth, moe_kern_simd_name(), n_p, n_g, reps, pp_med, tg_med, bw / 1e9, active, limit, roof);
+        printf("{\"model\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"w8a8\": %s, \"n_prompt\": %lld, \"n_gen\": %lld, "
+               "\"reps\": %lld, \"pp\": %.3f, \"tg\": %.3f, \"bandwidth_gbs\": %.3f, \"active_bytes_per_token\": %.0f, "
+               "\"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"int8_peak_gops\": %.1f, \"pp_int8_ops_per_token\": %.0f, "
+               "\"pp_int8_peak_pct\": %.2f, \"batch\": [",
+               model, nth, moe_kern_simd_name(), w8a8 ? "true" : "false", n_p, n_g, reps, pp_med, tg_med, bw / 1e9, active,
+               limit, roof, peak / 1e9, pp_ops, pp_peak);
+        for (int b = 0; b < n_batches; b++)
+            printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f}",
+                   b ? ", " : "", br[b].n, br[b].tg, br[b].limit, br[b].roof_pct, br[b].bytes_step);
+        printf("]}\n");
     } else {
         printf("memory read bandwidth   %8.2f GB/s (probe, %d threads)\n", bw / 1e9, nth);
         printf("active bytes per token  %8s (weights %s + KV cache)\n", cli_bytes(active, b1, sizeof b1),
@@ -134,6 +253,12 @@ int moe_cmd_bench(int argc, char **argv) {
         printf("pp%-5lld %10.2f tokens/s (median of %lld)\n", n_p, pp_med, reps);
         printf("tg%-5lld %10.2f tokens/s (median of %lld)  roofline %.2f tokens/s  -> %.1f%% of roofline\n", n_g, tg_med,
                reps, limit, roof);
+        printf("int8 peak               %8.1f Gops/s (vpdpbusd/vpmaddubsw probe, %d threads)\n", peak / 1e9, nth);
+        printf("pp%-5lld %10.2f tokens/s x %.2f Gops/token -> %.1f%% of int8 peak%s\n", n_p, pp_med, pp_ops / 1e9, pp_peak,
+               w8a8 ? "" : " (W8A8 off: F32 activations)");
+        for (int b = 0; b < n_batches; b++)
+            printf("batch %-3d %10.2f tokens/s total  roofline %.2f tokens/s (%s per step)  -> %.1f%% of roofline\n",
+                   br[b].n, br[b].tg, br[b].limit, cli_bytes(br[b].bytes_step, b1, sizeof b1), br[b].roof_pct);
     }
     rc = 0;
     goto out;

@@ -76,6 +76,14 @@ const moe_gguf *moe_model_gguf(const moe_model *m);
  * K routed experts, head; without KV cache). */
 uint64_t moe_model_weight_bytes(const moe_model *m);
 uint64_t moe_model_active_bytes(const moe_model *m);
+/* Bytes of one routed expert (gate + up + down) of one MoE layer (0 without MoE layers), and
+ * the number of MoE layers: a step that selects n distinct experts in a layer reads n of these. */
+uint64_t moe_model_expert_bytes(const moe_model *m);
+int32_t moe_model_n_moe_layers(const moe_model *m);
+/* Multiply-adds per token of the matrix products over quantized/converted weights (attention
+ * projections, dense FFN, shared and K routed experts; without router, head and attention
+ * scores): the int8 work of a prefill token under W8A8. */
+uint64_t moe_model_matmul_macs(const moe_model *m);
 /* A one-line description ("deepseek2 L=3 D=128 E=8/K=2 ... f32"). */
 void moe_model_describe(const moe_model *m, char *buf, size_t n);
 

@@ -82,8 +82,9 @@ double moe_kern_int8_peak(moe_pool *pool, double seconds);
 /* Dot product of n floats (SIMD where available; fixed summation order per n). */
 float moe_kern_dot(const float *a, const float *b, int64_t n);
 float moe_kern_dot_ref(const float *a, const float *b, int64_t n);
-/* y += a·x */
+/* y += a·x (one fmaf per element; SIMD and ref bit-identical) */
 void moe_kern_axpy(float *y, float a, const float *x, int64_t n);
+void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n);
 /* Dequantize a row (SIMD where available); same results as moe_dtype_dequant_row. */
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n);
 

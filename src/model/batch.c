@@ -335,3 +335,37 @@ moe_status moe_ctx_eval(moe_ctx *c, const int32_t *tokens, int32_t n, float *log
     }
     return MOE_OK;
 }
+
+/* ---- model figures for budgeting and the roofline (declared in model.h) ---- */
+
+int32_t moe_model_n_moe_layers(const moe_model *m) {
+    int32_t n = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) n += m->layers[il].is_moe;
+    return n;
+}
+
+uint64_t moe_model_expert_bytes(const moe_model *m) {
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const layer_w *ly = &m->layers[il];
+        if (ly->is_moe)
+            return ly->gate_exps.w.row_bytes * (uint64_t)ly->gate_exps.w.out * 2 +
+                   ly->down_exps.w.row_bytes * (uint64_t)ly->down_exps.w.out;
+    }
+    return 0;
+}
+
+uint64_t moe_model_matmul_macs(const moe_model *m) {
+    const moe_hparams *hp = &m->hp;
+    uint64_t macs = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const layer_w *ly = &m->layers[il];
+        const moe_wview *ws[] = {&ly->q_a, &ly->q_b, &ly->q, &ly->kv_a, &ly->attn_out, &ly->gate, &ly->up, &ly->down,
+                                 &ly->gate_sh, &ly->up_sh, &ly->down_sh};
+        for (size_t k = 0; k < sizeof ws / sizeof ws[0]; k++)
+            if (ws[k]->data) macs += (uint64_t)ws[k]->in * (uint64_t)ws[k]->out;
+        macs += (uint64_t)hp->n_head * ((uint64_t)ly->k_b.w.in * (uint64_t)ly->k_b.w.out + (uint64_t)ly->v_b.w.in * (uint64_t)ly->v_b.w.out);
+        if (ly->is_moe)
+            macs += (uint64_t)hp->n_expert_used * (uint64_t)hp->n_embd * (uint64_t)hp->n_ff_exp * 3;
+    }
+    return macs;
+}

@@ -42,6 +42,14 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return s;
 }
 
+/* y += a·x with one fma per element: the same rounding as the ref's fmaf */
+__attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, const float *x, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = __builtin_fmaf(a, x[i], y[i]);
+}
+
 __attribute__((target("avx2,fma,f16c"))) static void dequant_f16_avx2(const void *src, float *dst, int64_t n) {
     const uint16_t *s = src;
     int64_t i = 0;
@@ -130,6 +138,16 @@ float moe_kern_dot(const float *a, const float *b, int64_t n) {
     if (X86_SIMD()) return dot_avx2(a, b, n);
 #endif
     return moe_kern_dot_ref(a, b, n);
+}
+
+void moe_kern_axpy(float *y, float a, const float *x, int64_t n) {
+#ifdef MOE_X86
+    if (X86_SIMD()) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
+    moe_kern_axpy_ref(y, a, x, n);
 }
 
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n) {

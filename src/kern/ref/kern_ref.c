@@ -44,7 +44,7 @@ void moe_kern_swiglu(float *x, const float *u, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * u[i];
 }
 
-void moe_kern_axpy(float *y, float a, const float *x, int64_t n) {
+void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
 }
 
