@@ -31,14 +31,20 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# npm: the server tests' client (the official `openai` package, pinned by tests/server/package-lock.json).
-# Installed only when tests/server/node_modules is missing; npm's registry is the only one used.
-srv_tests="$(cd "$(dirname "$0")/.." && pwd)/tests/server"
-if [ -f "$srv_tests/package-lock.json" ] && [ ! -d "$srv_tests/node_modules/openai" ]; then
+# npm: test clients pinned by a package-lock.json in a tests/ folder (tests/server: the official
+# `openai` client; tests/interop: llama.cpp as node-llama-cpp bundles it, the reference build of
+# ../shared/vectors). Installed when the folder's node_modules is missing; only npm's registry is
+# used. Optional (per-platform) packages and install scripts are skipped: the lockfiles name the
+# x86-64 Linux build directly.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+for lock in "$root"/tests/*/package-lock.json; do
+  [ -f "$lock" ] || continue
+  dir="$(dirname "$lock")"
+  [ -d "$dir/node_modules" ] && continue
   if ! command -v npm >/dev/null; then
     echo "install-deps: installing npm"
     $( [ "$(id -u)" -ne 0 ] && echo sudo ) apt-get install -y -qq --no-install-recommends npm
   fi
-  echo "install-deps: npm ci --prefix tests/server"
-  npm ci --prefix "$srv_tests" --no-audit --no-fund --loglevel=error
-fi
+  echo "install-deps: npm ci --prefix ${dir#$root/}"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error --omit=optional --ignore-scripts
+done
