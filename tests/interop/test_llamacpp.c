@@ -121,12 +121,12 @@ int main(void) {
     moe_init_config base, c;
     moe_init_preset("tiny", &base);
     /* exact: F32 weights, F32 KV cache on both sides */
-    variant("tiny-f32", &base, 1e-6, 1.0);
+    variant("tiny-f32", &base, 1e-9, 1.0);
     c = base; c.q_lora_rank = 0; c.gating = 1; c.exp_probs_b = 0; c.norm_topk = 0; c.scale = 1.0f; c.n_expert_shared = 2;
-    variant("v2like-f32", &c, 1e-6, 1.0);
-    c = base; c.n_expert = 16; c.n_expert_used = 4; c.n_group = 4; c.n_group_used = 2; variant("grouped-f32", &c, 1e-6, 1.0);
-    c = base; c.legacy_kv_b = 1; c.tied = 1; variant("legacy-tied-f32", &c, 1e-6, 1.0);
-    c = base; c.yarn_factor = 40.0f; c.mscale_all_dim = 0.707f; c.n_ctx = 163840; variant("yarn-f32", &c, 1e-6, 1.0);
+    variant("v2like-f32", &c, 1e-9, 1.0);
+    c = base; c.n_expert = 16; c.n_expert_used = 4; c.n_group = 4; c.n_group_used = 2; variant("grouped-f32", &c, 1e-9, 1.0);
+    c = base; c.legacy_kv_b = 1; c.tied = 1; variant("legacy-tied-f32", &c, 1e-9, 1.0);
+    c = base; c.yarn_factor = 40.0f; c.mscale_all_dim = 0.707f; c.n_ctx = 163840; variant("yarn-f32", &c, 1e-9, 1.0);
     /* half precision and quantized weights: llama.cpp rounds activations too */
     c = base; c.dtype = MOE_DTYPE_F16; variant("tiny-f16", &c, 1e-2, 0.75);
     c = base; c.dtype = MOE_DTYPE_BF16; variant("tiny-bf16", &c, 5e-2, 0.75);
@@ -153,6 +153,6 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s experts prune -m %s --keep-per-layer 4 --data %s -o %s > /dev/null 2>&1", g_bin, in,
              data, out);
     CHECK(run(cmd) == 0, "moe experts prune");
-    compare("pruned-4of8", out, 1e-6, 1.0);
+    compare("pruned-4of8", out, 1e-9, 1.0);
     return test_done();
 }
