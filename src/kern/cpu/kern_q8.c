@@ -69,10 +69,17 @@ __attribute__((target("avx2"))) static inline __m256i reduce8(const __m256i p[8]
     return _mm256_add_epi32(lo, hi);
 }
 
+/* the 8 rows' F16 block scales as floats; built in registers (pinsrw), since 8 narrow stores
+ * followed by one wide load would stall on store forwarding every block */
+static inline short ld16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return (short)h;
+}
+
 __attribute__((target("avx2,f16c"))) static inline __m256 scales8(const uint8_t *const r[8], size_t off) {
-    uint16_t h[8];
-    for (int i = 0; i < 8; i++) memcpy(&h[i], r[i] + off, 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+    return _mm256_cvtph_ps(_mm_setr_epi16(ld16(r[0] + off), ld16(r[1] + off), ld16(r[2] + off), ld16(r[3] + off),
+                                          ld16(r[4] + off), ld16(r[5] + off), ld16(r[6] + off), ld16(r[7] + off)));
 }
 
 #define TT 4 /* tokens per pass over an 8-row group (accumulators kept in registers) */
