@@ -45,6 +45,12 @@ typedef struct moe_server_params {
     double shutdown_timeout;     /* seconds SIGTERM waits for running requests */
     char chat_template[256];     /* "" = the model's, or deepseek2 / deepseek3 */
     char access_log[1024];       /* JSON lines: "-" = stderr, "" = off, else a file (appended) */
+    /* tenants (issue 9; docs/tenants.md) */
+    char tenants[1024];          /* tenants database; "" = open server, no API keys */
+    char quota_backend[256];     /* "local" or "redis://HOST:PORT" */
+    char quota_fail[16];         /* Redis unreachable: "open" or "closed" */
+    double priority_aging;       /* seconds of waiting worth one priority class */
+    int64_t tenant_metrics;      /* tenants with their own metrics label */
 } moe_server_params;
 
 typedef enum moe_setting_type {

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "moe/batch.h"
+#include "moe/tenant.h"
 #include "server/server_impl.h"
 
 typedef struct srv_slot {
@@ -44,6 +45,7 @@ struct srv_sched {
     int32_t n_slots, ctx, batch, V;
     atomic_int prefill_chunk;
     int64_t kv_budget, kv_reserved;
+    double aging; /* tenants (issue 9): 0 = FIFO */
     uint64_t n_admitted;
     moe_batch_item *items; /* (n_slots) */
     int *item_slot;
@@ -189,15 +191,30 @@ static void admit_locked(srv_sched *s) {
         pp = &r->next;
     }
     while (s->q_head && !s->quit) {
-        srv_req *r = s->q_head;
+        /* tenants (issue 9): with priorities the candidate is the best moe_tenant_prio_score
+         * (class + waited / aging; ties first come), else the head. It waits for room like the
+         * head does, so neither a big request nor a low class is starved. */
+        srv_req **pick = &s->q_head, *pick_prev = NULL;
+        if (s->aging > 0) {
+            double now = srv_now(), best = -1e300;
+            for (srv_req **qq = &s->q_head, *qprev = NULL; *qq; qprev = *qq, qq = &(*qq)->next) {
+                double sc = moe_tenant_prio_score((*qq)->priority, now - (*qq)->t_arrive, s->aging);
+                if (sc > best) {
+                    best = sc;
+                    pick = qq;
+                    pick_prev = qprev;
+                }
+            }
+        }
+        srv_req *r = *pick;
         int64_t need = (int64_t)r->n_prompt + r->max_tokens;
         if (s->kv_reserved + need > s->kv_budget) break;
         int free_slot = -1;
         for (int i = 0; i < s->n_slots && free_slot < 0; i++)
             if (!s->slots[i].req) free_slot = i;
         if (free_slot < 0) break;
-        s->q_head = r->next;
-        if (!s->q_head) s->q_tail = NULL;
+        *pick = r->next;
+        if (s->q_tail == r) s->q_tail = pick_prev;
         r->next = NULL;
         s->n_queued--;
         s->n_running++;
@@ -367,6 +384,7 @@ moe_status srv_sched_start(moe_model *m, const moe_tok *tok, const srv_sched_par
     s->n_slots = p->parallel;
     s->ctx = p->ctx;
     s->batch = p->batch;
+    s->aging = p->aging;
     s->V = moe_model_hparams(m)->n_vocab;
     atomic_init(&s->prefill_chunk, p->prefill_chunk);
     pthread_mutex_init(&s->mu, NULL);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "moe/batch.h"
+#include "moe/tenant.h"
 #include "server/server_impl.h"
 
 struct moe_server {
@@ -48,6 +49,7 @@ struct moe_server {
     atomic_int inflight; /* generation requests not yet completed */
     atomic_ullong counter;
     uint64_t id_salt;
+    moe_tenant_gate *gate; /* owned; NULL = open server (tenants, issue 9) */
 };
 
 typedef struct conn {
@@ -63,6 +65,7 @@ typedef struct conn {
     srv_buf pending;
     int64_t prompt_tokens, gen_tokens;
     const char *finish;
+    moe_tenant_ticket tk; /* tenants (issue 9): who sent it, what the quota said */
 } conn;
 
 static uint64_t mix64(uint64_t x) {
@@ -74,12 +77,17 @@ static uint64_t mix64(uint64_t x) {
 
 /* ---- responses ---- */
 
+static void add_header(void *r, const char *name, const char *value) {
+    MHD_add_response_header(r, name, value);
+}
+
 static enum MHD_Result send_buf(conn *k, struct MHD_Connection *c, int status, const char *ctype, const char *data,
                                 size_t len, int retry_after) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
     if (!r) return MHD_NO;
     MHD_add_response_header(r, "Content-Type", ctype);
     if (k->id[0]) MHD_add_response_header(r, "X-Request-Id", k->id);
+    if (k->tk.authed) moe_tenant_gate_headers(&k->tk, add_header, r); /* x-ratelimit-* (issue 9) */
     if (retry_after >= 0) {
         char ra[24];
         snprintf(ra, sizeof ra, "%d", retry_after);
@@ -238,6 +246,13 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
 
     if (atomic_load(&s->draining))
         return fail(k, c, 503, "server_error", "shutting_down", NULL, "The server is shutting down; retry on another replica.");
+    if (s->gate) { /* tenants (issue 9): the same 401 for a missing, unknown or revoked key */
+        const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+        if (moe_tenant_gate_auth(s->gate, auth, &k->tk) != MOE_OK) {
+            moe_tenant_gate_count_unauthorized(s->gate);
+            return send_json(k, c, 401, moe_tenant_gate_unauthorized());
+        }
+    }
     if (k->body.oom) return send_json(k, c, 503, NULL);
     if (srv_request_parse(k->kind, k->body.p, k->body.len, &rp, &e)) return send_error(k, c, &e, -1);
     if (rp.model && strcmp(rp.model, s->model_name) != 0) {
@@ -323,12 +338,25 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
         return send_error(k, c, &e, -1);
     }
 
+    if (s->gate) { /* tenants (issue 9): quota check; the prompt is charged now, generation at the end */
+        if (moe_tenant_gate_admit(s->gate, &k->tk, s->model_name, n_prompt, k->id) != MOE_QUOTA_OK) {
+            free(ids);
+            srv_params_free(&rp);
+            int qstatus = 429;
+            char *body = moe_tenant_gate_refusal(&k->tk, &qstatus);
+            if (!body) return send_json(k, c, 503, NULL);
+            enum MHD_Result qrc = send_buf(k, c, qstatus, "application/json", body, strlen(body), -1);
+            free(body);
+            return qrc;
+        }
+    }
     srv_req *r = srv_req_new();
     if (!r) {
         free(ids);
         srv_params_free(&rp);
         return send_json(k, c, 503, NULL);
     }
+    r->priority = k->tk.priority;
     k->req = r;
     snprintf(r->id, sizeof r->id, "%s", k->id);
     r->kind = k->kind;
@@ -369,6 +397,7 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
         MHD_add_response_header(resp, "X-Request-Id", k->id);
+        if (k->tk.authed) moe_tenant_gate_headers(&k->tk, add_header, resp); /* issue 9 */
         k->status = 200;
         enum MHD_Result q = MHD_queue_response(c, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
@@ -479,6 +508,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             srv_buf_free(&b);
             return send_json(k, c, 503, NULL);
         }
+        if (s->gate) { /* tenants (issue 9) */
+            size_t tl = 0;
+            char *tm = moe_tenant_gate_metrics(s->gate, &tl);
+            if (tm) srv_buf_add(&b, tm, tl);
+            free(tm);
+        }
         enum MHD_Result rc = send_buf(k, c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p ? b.p : "", b.len, -1);
         srv_buf_free(&b);
         return rc;
@@ -506,6 +541,7 @@ static void access_log(moe_server *s, conn *k, enum MHD_RequestTerminationCode t
                           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || k->status == 0 ? k->status : (k->status == 200 && k->is_gen ? 499 : k->status));
     if (!o) return;
     if (k->id[0]) json_object_set_new(o, "id", json_string(k->id));
+    if (k->tk.authed) json_object_set_new(o, "tenant", json_string(k->tk.name)); /* issue 9; never the key */
     if (k->is_gen) {
         json_object_set_new(o, "stream", json_boolean(k->stream));
         json_object_set_new(o, "prompt_tokens", json_integer(k->prompt_tokens));
@@ -543,6 +579,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         int done = k->req->done;
         pthread_mutex_unlock(&k->req->mu);
         if (!done) cancel_req(s, k->req);
+    }
+    if (s->gate && k->tk.admitted) { /* tenants (issue 9): charge generated tokens, give the lease back */
+        int64_t gen = k->gen_tokens;
+        if (k->req) {
+            pthread_mutex_lock(&k->req->mu);
+            if (k->req->done && k->req->out_gen > gen) gen = k->req->out_gen;
+            pthread_mutex_unlock(&k->req->mu);
+        }
+        moe_tenant_gate_finish(s->gate, &k->tk, gen);
     }
     int code = k->status;
     if (k->is_gen && k->status == 200 && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) code = 499;
@@ -602,7 +647,21 @@ moe_status moe_server_start(const moe_server_params *p, moe_server **out, char *
     if (srv_metrics_init(&s->metrics, hp->n_layer, hp->n_expert)) goto fail;
     s->metrics_ok = 1;
     srv_sched_params sp = {(int32_t)p->parallel, s->ctx, (int32_t)p->batch, (int32_t)p->prefill_chunk,
-                           (int32_t)p->threads, p->kv_tokens};
+                           (int32_t)p->threads, p->kv_tokens, p->tenants[0] ? p->priority_aging : 0};
+    if (p->tenants[0]) { /* tenants (issue 9) */
+        if (strcmp(p->quota_fail, "open") && strcmp(p->quota_fail, "closed")) {
+            snprintf(err, errlen, "quota_fail must be open or closed, got '%s'", p->quota_fail);
+            st = MOE_ERR_INVAL;
+            goto fail;
+        }
+        moe_tenant_gate_params gp = moe_tenant_gate_default_params();
+        gp.db = p->tenants;
+        gp.backend = p->quota_backend;
+        gp.fail_open = !strcmp(p->quota_fail, "open");
+        gp.metrics_max = (int)p->tenant_metrics;
+        gp.aging = p->priority_aging;
+        if ((st = moe_tenant_gate_open(&gp, &s->gate, err, errlen)) != MOE_OK) goto fail;
+    }
     if ((st = srv_sched_start(s->model, s->tok, &sp, &s->metrics, &s->sched, err, errlen)) != MOE_OK) goto fail;
     s->kv_budget = srv_sched_kv_budget(s->sched);
     if (!strcmp(p->access_log, "-")) s->access = stderr;
@@ -691,6 +750,7 @@ void moe_server_free(moe_server *s) {
     if (!s) return;
     if (s->d) MHD_stop_daemon(s->d);
     srv_sched_free(s->sched);
+    moe_tenant_gate_close(s->gate); /* writes the pending usage (issue 9) */
     if (s->access && s->access != stderr) fclose(s->access);
     if (s->metrics_ok) srv_metrics_free(&s->metrics);
     moe_tok_free(s->tok);

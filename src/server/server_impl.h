@@ -113,6 +113,7 @@ typedef struct srv_req {
     moe_sampler *smp;   /* owned; used by the engine thread after submit */
     moe_tok_stream *ts; /* owned; idem */
     double t_arrive;
+    int32_t priority;   /* tenant's class (issue 9): higher is admitted first, with aging */
     atomic_int cancel;  /* set by the HTTP thread (client gone) or the drain */
     /* engine-private */
     int slot;
@@ -137,6 +138,7 @@ typedef struct srv_sched srv_sched;
 typedef struct srv_sched_params {
     int32_t parallel, ctx, batch, prefill_chunk, threads;
     int64_t kv_tokens;
+    double aging; /* tenants (issue 9): > 0 admits by moe_tenant_prio_score; 0 = FIFO */
 } srv_sched_params;
 
 /* Create the engine and sequences and start the engine thread. */

@@ -42,6 +42,12 @@ static const moe_setting k_settings[] = {
     {"shutdown_timeout",   F, 0, 86400,         "30",          OFF(shutdown_timeout),   1, "seconds SIGTERM waits for running requests before cancelling them"},
     {"chat_template",      S, 0, 0,             "",            OFF(chat_template),      0, "chat template: empty = the model's tokenizer.chat_template, or deepseek2 / deepseek3"},
     {"access_log",         S, 0, 0,             "-",           OFF(access_log),         0, "JSON-lines access log: - = stderr, empty = off, else a file (appended)"},
+    /* tenants (issue 9; docs/tenants.md) */
+    {"tenants",            S, 0, 0,             "",            OFF(tenants),            0, "tenants database (moe tenants --db PATH): API keys required, per-tenant quotas and priorities; empty = open server"},
+    {"quota_backend",      S, 0, 0,             "local",       OFF(quota_backend),      0, "quota counters: local (this process) or redis://HOST:PORT (shared by replicas)"},
+    {"quota_fail",         S, 0, 0,             "closed",      OFF(quota_fail),         0, "when Redis is unreachable: open = admit without quota checks, closed = refuse with 503"},
+    {"priority_aging",     F, 0.001, 86400,     "5",           OFF(priority_aging),     0, "seconds of queueing worth one priority class (no class starves)"},
+    {"tenant_metrics",     I, 0, 10000,         "32",          OFF(tenant_metrics),     0, "tenants with their own metrics label; the rest are tenant=\"other\""},
 };
 /* clang-format on */
 #undef I
