@@ -14,6 +14,7 @@ int moe_cmd_tokenize(int argc, char **argv);
 int moe_cmd_detokenize(int argc, char **argv);
 int moe_cmd_serve(int argc, char **argv);
 int moe_cmd_experts(int argc, char **argv);
+int moe_cmd_train(int argc, char **argv);
 int moe_cmd_tenants(int argc, char **argv);
 
 #endif

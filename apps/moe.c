@@ -23,6 +23,7 @@ static const command k_cmds[] = {
     {"detokenize", moe_cmd_detokenize, "token ids to text"},
     {"serve", moe_cmd_serve, "OpenAI-compatible HTTP server with continuous batching and metrics"},
     {"experts", moe_cmd_experts, "expert routing statistics, pruning and pruned-vs-base comparison"},
+    {"train", moe_cmd_train, "train or fine-tune a model (YAML config; sparse expert updates, checkpoints)"},
     {"tenants", moe_cmd_tenants, "tenants, API keys, quotas and usage for moe serve --tenants"},
 };
 
