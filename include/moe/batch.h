@@ -69,6 +69,8 @@ moe_status moe_engine_step(moe_engine *e, moe_batch_item *items, int32_t n_items
  * steps of this engine since the last reset. */
 const uint64_t *moe_engine_expert_counts(const moe_engine *e, int32_t layer);
 void moe_engine_reset_expert_counts(moe_engine *e);
+/* The routing observer of model.h on an engine: tokens in the order of the step's items. */
+void moe_engine_set_route_observer(moe_engine *e, moe_route_observer_fn fn, void *ud);
 
 #ifdef __cplusplus
 }

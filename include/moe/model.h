@@ -118,6 +118,15 @@ int moe_ctx_n_threads(const moe_ctx *c);
 const uint64_t *moe_ctx_expert_counts(const moe_ctx *c, int32_t layer);
 void moe_ctx_reset_expert_counts(moe_ctx *c);
 
+/* Routing observer: called on the evaluating thread once per MoE layer per forward step, right
+ * after routing, with the step's tokens (in step order) × n_used selected experts and their final
+ * weights w_j (after normalisation and scaling; spec §4.11), row-major (n_tokens, n_used). The
+ * pointers are valid during the call only. Costs nothing when unset. */
+typedef void (*moe_route_observer_fn)(void *ud, int32_t layer, int32_t n_tokens, int32_t n_used,
+                                      const int32_t *experts, const float *weights);
+/* Set (or with fn = NULL remove) the observer of a context. */
+void moe_ctx_set_route_observer(moe_ctx *c, moe_route_observer_fn fn, void *ud);
+
 #ifdef __cplusplus
 }
 #endif

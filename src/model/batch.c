@@ -175,6 +175,11 @@ void moe_engine_reset_expert_counts(moe_engine *e) {
     memset(e->counts, 0, sizeof(uint64_t) * (size_t)e->m->hp.n_layer * (size_t)(e->m->hp.n_expert > 0 ? e->m->hp.n_expert : 1));
 }
 
+void moe_engine_set_route_observer(moe_engine *e, moe_route_observer_fn fn, void *ud) {
+    e->route_fn = fn;
+    e->route_ud = ud;
+}
+
 /* Checks a whole batch; on error the message is in e->err and nothing has changed. */
 static moe_status check_items(moe_engine *e, const moe_batch_item *items, int32_t n_items) {
     const int32_t V = e->m->hp.n_vocab;
@@ -307,6 +312,9 @@ moe_status moe_ctx_truncate(moe_ctx *c, int32_t pos) {
 
 const uint64_t *moe_ctx_expert_counts(const moe_ctx *c, int32_t layer) { return moe_engine_expert_counts(c->e, layer); }
 void moe_ctx_reset_expert_counts(moe_ctx *c) { moe_engine_reset_expert_counts(c->e); }
+void moe_ctx_set_route_observer(moe_ctx *c, moe_route_observer_fn fn, void *ud) {
+    moe_engine_set_route_observer(c->e, fn, ud);
+}
 
 moe_status moe_ctx_eval(moe_ctx *c, const int32_t *tokens, int32_t n, float *logits) {
     const int32_t V = c->e->m->hp.n_vocab;

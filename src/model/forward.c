@@ -257,6 +257,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             cnt[c->sel[t * K + k]]++;
         }
     }
+    if (c->route_fn) c->route_fn(c->route_ud, il, (int32_t)B, (int32_t)K, c->sel, c->selw);
     for (int64_t e = 0; e < E; e++) c->ex_off[e + 1] += c->ex_off[e];
     /* bucket (token, weight) pairs by expert, tokens in ascending order */
     int32_t fill[1024];

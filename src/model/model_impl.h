@@ -77,6 +77,8 @@ struct moe_engine {
     moe_q8a *xq;         /* (B, max in / 32) activation blocks of W8A8 products */
     moe_kern_ws ws;      /* scratch + xq, as the kernels take them */
     uint64_t *counts;    /* (L, E) routing counters */
+    moe_route_observer_fn route_fn; /* optional, with route_ud (borrowed) */
+    void *route_ud;
     float *scores;       /* owned, separate: (n_threads, scores_cap), grown by moe_seq_init */
     size_t scores_cap;
     int32_t n_seq_live;

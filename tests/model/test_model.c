@@ -79,6 +79,60 @@ static void check_variant(const char *label, const moe_init_config *cfg) {
     moe_model_close(m);
 }
 
+/* The routing observer sees every selection the counters count, and the weights obey the
+ * configuration: with normalised top-k and scale s, each token's weights sum to s. */
+typedef struct {
+    uint64_t counts[8][64];
+    double max_sum_err;
+    int calls;
+} obs_state;
+
+static void observe(void *ud, int32_t layer, int32_t n_tokens, int32_t n_used, const int32_t *experts,
+                    const float *weights) {
+    obs_state *o = ud;
+    o->calls++;
+    for (int32_t t = 0; t < n_tokens; t++) {
+        double sum = 0;
+        for (int32_t k = 0; k < n_used; k++) {
+            o->counts[layer][experts[t * n_used + k]]++;
+            sum += weights[t * n_used + k];
+        }
+        o->max_sum_err = fmax(o->max_sum_err, fabs(sum - 2.5));
+    }
+}
+
+static void check_observer(void) {
+    moe_init_config cfg;
+    char path[1024], err[512];
+    moe_init_preset("tiny", &cfg); /* sigmoid, normalised top-k, scale 2.5 */
+    snprintf(path, sizeof path, "%s/observer.gguf", g_dir);
+    CHECK(moe_init_write(&cfg, NULL, path, NULL, NULL, err, sizeof err) == MOE_OK, "init: %s", err);
+    moe_model *m;
+    if (moe_model_open(path, &m, err, sizeof err)) return;
+    moe_ctx_params p = moe_ctx_default_params();
+    p.n_ctx = 64;
+    p.n_batch = 5;
+    moe_ctx *c;
+    CHECK(moe_ctx_init(m, &p, &c, err, sizeof err) == MOE_OK, "ctx");
+    obs_state o = {0};
+    moe_ctx_set_route_observer(c, observe, &o);
+    int32_t tok[17];
+    for (int i = 0; i < 17; i++) tok[i] = (i * 53 + 7) % 500;
+    CHECK(moe_ctx_eval(c, tok, 17, NULL) == MOE_OK, "eval");
+    const moe_hparams *hp = moe_model_hparams(m);
+    int same = 1;
+    for (int il = hp->n_layer_dense_lead; il < hp->n_layer; il++)
+        for (int e = 0; e < hp->n_expert; e++) same &= o.counts[il][e] == moe_ctx_expert_counts(c, il)[e];
+    CHECK(same, "observer selections equal the routing counters");
+    CHECK(o.calls == 4 * (hp->n_layer - hp->n_layer_dense_lead), "one call per MoE layer per step (%d)", o.calls);
+    CHECK(o.max_sum_err < 1e-5, "weights sum to the scale 2.5 (err %.2e)", o.max_sum_err);
+    moe_ctx_set_route_observer(c, NULL, NULL);
+    o.calls = 0;
+    CHECK(moe_ctx_eval(c, tok, 1, NULL) == MOE_OK && o.calls == 0, "removed observer is not called");
+    moe_ctx_free(c);
+    moe_model_close(m);
+}
+
 static void check_limits(void) {
     moe_init_config cfg;
     char path[1024], err[512];
@@ -197,6 +251,7 @@ int main(void) {
     c = base; c.n_layer_dense = 0; check_variant("all-moe", &c);
     c = base; c.n_layer_dense = c.n_layer; check_variant("all-dense", &c);
     check_limits();
+    check_observer();
 
     char src[1024];
     snprintf(src, sizeof src, "%s/tiny.gguf", g_dir);
