@@ -1,3 +1,13 @@
 # tests/tenant: tenants, keys, quotas. test_redis_quota starts a real redis-server on a free
 # 127.0.0.1 port (Debian package redis-server), so it carries the "network" label too.
 set_tests_properties(tenant_test_redis_quota PROPERTIES LABELS "tenant;network" TIMEOUT 120)
+# serve.mjs: two `moe serve --tenants` replicas sharing a Redis quota (10 s burst), key and
+# revocation checks, Redis killed mid-test, the priority rule. Uses tests/server/lib.mjs and its
+# node_modules (the openai client; scripts/install-deps.sh installs them). About 25 s.
+find_program(MOE_NODE node)
+if(MOE_NODE)
+  add_test(NAME tenant_serve COMMAND ${MOE_NODE} --test-concurrency=1 ${CMAKE_SOURCE_DIR}/tests/tenant/serve.mjs
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/tenant)
+  set_tests_properties(tenant_serve PROPERTIES LABELS "tenant;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
+                       TIMEOUT 240)
+endif()
