@@ -217,15 +217,16 @@ test("priority: with the slot busy, a high-class request queued last is admitted
     const all = [go(low, "L0", 4000)]; // ~1 s of decoding on the only slot
     await waitFor(async () => (await metrics(s)).get("moe_requests_running") === 1, 5000, 10);
     for (const tag of ["L1", "L2", "L3"]) {
-      all.push(go(low, tag, 4));
+      all.push(go(low, tag, 300));
       await sleep(30);
     }
-    all.push(go(high, "H", 4));
+    all.push(go(high, "H", 300));
     await waitFor(async () => (await metrics(s)).get("moe_requests_waiting") === 4, 5000, 10);
     assert.equal(done.length, 0, "L0 still running while the others wait");
     await Promise.all(all);
     console.log("completion order:", done.join(" "));
-    assert.deepEqual(done, ["L0", "H", "L1", "L2", "L3"]);
+    // L0's long body may arrive after H's short one: the order that matters is among the queued
+    assert.deepEqual(done.filter((t) => t !== "L0"), ["H", "L1", "L2", "L3"]);
   } finally {
     await s.stop();
   }
