@@ -3,7 +3,9 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
-MODEL      ?= models/tiny.gguf
+# the bundled trained model (docs/model-card.md) when present, else a tiny random one
+MODEL      ?= $(if $(wildcard models/default.gguf),models/default.gguf,models/tiny.gguf)
+PROMPT     ?= The people of the United States
 FUZZ_SECONDS ?= 30
 
 .PHONY: all deps build asan fuzz test test-fast test-asan test-fuzz test-slow run bench clean
@@ -41,12 +43,17 @@ test-fuzz: fuzz
 test-slow: build
 	@cd $(BUILD) && ctest -L slow --output-on-failure
 
-# Until a trained default model ships: a tiny random model, made once, then run.
+# The bundled default model (trained, see docs/model-card.md); without it a tiny random model, made once.
 run: build
 	@test -f $(MODEL) || $(BUILD)/moe init --preset tiny --seed 1 -o $(MODEL)
-	@echo "make run: $(MODEL) has random weights (no trained default model ships yet), so the text below is noise;"
-	@echo "          it shows the whole path working: load, tokenize, prefill, decode, sample, stream."
-	$(BUILD)/moe run -m $(MODEL) -p "Hello, moekit" -n 32 --seed 1
+	@if [ "$(MODEL)" = models/default.gguf ]; then \
+	  echo "make run: $(MODEL) is the bundled 6 M-parameter MoE trained on U.S. State of the Union addresses"; \
+	  echo "          (docs/model-card.md): English in the style of those speeches, not a chat assistant."; \
+	else \
+	  echo "make run: $(MODEL) has random weights, so the text below is noise;"; \
+	  echo "          it shows the whole path working: load, tokenize, prefill, decode, sample, stream."; \
+	fi
+	$(BUILD)/moe run -m $(MODEL) -p "$(PROMPT)" -n 48 --seed 1
 
 bench: build
 	@test -f models/bench-v2lite-4L-q8_0.gguf || $(BUILD)/moe init --preset bench-v2lite-4L --dtype q8_0 -o models/bench-v2lite-4L-q8_0.gguf
