@@ -23,7 +23,7 @@ static void usage(FILE *f) {
             "stats   runs the model over the data (each JSONL line {\"text\": ...} is one sequence, a plain text\n"
             "        file is one) and reports per layer and expert: token share, load imbalance (max/mean, CV,\n"
             "        entropy), co-activation, and the experts covering 50/90/99%% of the routing mass.\n"
-            "        --batched evaluates in batches (faster, counts only: no co-activation).\n"
+            "        --batched evaluates in batches (faster; the same statistics).\n"
             "        --from-metrics reads moe_expert_tokens_total from a server's Prometheus endpoint.\n"
             "prune   keeps the same number of experts in every MoE layer, ranked by routing mass; writes a GGUF\n"
             "        that moekit and llama.cpp load.\n"

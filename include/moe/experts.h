@@ -54,10 +54,10 @@ void moe_experts_stats_free(moe_experts_stats *s);
 void moe_experts_stats_add(moe_experts_stats *s, int32_t layer, const int32_t *experts,
                            const float *weights, int32_t k);
 
-/* Evaluate tokens[0..n) on `c` (appended at its current position) and record routing.
- * per_token = 1: one token per step, each token's selected experts are the counters that
- * moved (exact selections: counts and co-activation); per_token = 0: one batched eval, counts
- * only. The context's expert counters are reset. */
+/* Evaluate tokens[0..n) on `c` (appended at its current position) and record routing through
+ * the engine's routing observer: each token's selected experts and weights (exact counts,
+ * co-activation and weight mass). per_token = 1 evaluates one token per step, 0 in batched
+ * steps (faster; same statistics). The context's expert counters are reset. */
 moe_status moe_experts_collect(moe_ctx *c, const moe_model *m, const int32_t *tokens, int32_t n,
                                int per_token, moe_experts_stats *s);
 

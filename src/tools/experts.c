@@ -1,12 +1,11 @@
 /* moekit tools: expert routing statistics, their summaries and the JSON report
  * (`moe experts stats`, spec training.md §9.1; formats in docs/experts.md).
  *
- * Collection without an engine hook: moe_ctx exposes per-layer, per-expert selection counters
- * (moe_ctx_expert_counts). Evaluating one token per step and diffing the counters gives each
- * token's selected set exactly (every MoE layer moves exactly K counters by 1), hence exact
- * counts and co-activation. The routing *weights* are not observable through the public API,
- * so mass[] stays empty (has_mass = 0) unless a caller feeds weights to moe_experts_stats_add;
- * summaries then use counts as the mass and the report says so ("mass_source").
+ * Collection uses the engine's routing observer (moe_ctx_set_route_observer): every token's
+ * selected experts and final routing weights, batched or not, so counts, co-activation and
+ * weight mass are exact. Statistics read from Prometheus counters (--from-metrics) have no
+ * weights: mass[] then stays empty (has_mass = 0), summaries use counts as the mass and the
+ * report says so ("mass_source").
  *
  * Invariants: count[l][e] == coact[l][e][e]; Σ_e count[l][e] == K · n_tokens for MoE layers
  * filled by moe_experts_collect. */
@@ -72,6 +71,14 @@ void moe_experts_stats_add(moe_experts_stats *s, int32_t layer, const int32_t *e
     }
 }
 
+/* Routing observer: every token's selected experts and final weights, as the engine routes. */
+static void on_route(void *ud, int32_t layer, int32_t n_tokens, int32_t n_used, const int32_t *experts,
+                     const float *weights) {
+    moe_experts_stats *s = ud;
+    for (int32_t t = 0; t < n_tokens; t++)
+        moe_experts_stats_add(s, layer, experts + (size_t)t * n_used, weights + (size_t)t * n_used, n_used);
+}
+
 moe_status moe_experts_collect(moe_ctx *c, const moe_model *m, const int32_t *tokens, int32_t n, int per_token,
                                moe_experts_stats *s) {
     const moe_hparams *hp = moe_model_hparams(m);
@@ -79,57 +86,21 @@ moe_status moe_experts_collect(moe_ctx *c, const moe_model *m, const int32_t *to
     if (s->n_layer != L || s->n_expert != E || n < 0) return MOE_ERR_INVAL;
     s->n_expert_used = K;
     if (!s->source[0]) snprintf(s->source, sizeof s->source, "model");
+    /* weight mass is complete only if every token so far came with weights */
+    if (s->n_tokens == 0) s->has_mass = 1;
+    if (s->n_tokens == 0) s->has_coact = 1;
     moe_ctx_reset_expert_counts(c);
     for (int32_t l = 0; l < L; l++)
         if (moe_ctx_expert_counts(c, l)) s->is_moe[l] = 1;
-    if (!per_token) {
-        moe_status st = n ? moe_ctx_eval(c, tokens, n, NULL) : MOE_OK;
-        if (st) return st;
-        for (int32_t l = 0; l < L; l++) {
-            const uint64_t *cnt = moe_ctx_expert_counts(c, l);
-            if (!cnt) continue;
-            for (int32_t e = 0; e < E; e++) {
-                s->count[(size_t)l * E + e] += cnt[e];
-                s->coact[((size_t)l * E + e) * E + e] += cnt[e];
-            }
-        }
-        s->n_tokens += (uint64_t)n;
-        s->has_coact = 0;
-        return MOE_OK;
-    }
-    /* one token per step: the counters that moved are the token's selection */
-    uint64_t *prev = calloc((size_t)L * (size_t)E, sizeof *prev);
-    int32_t *sel = malloc(sizeof(int32_t) * (size_t)(E > 0 ? E : 1));
-    if (!prev || !sel) {
-        free(prev);
-        free(sel);
-        return MOE_ERR_NOMEM;
-    }
+    moe_ctx_set_route_observer(c, on_route, s);
     moe_status st = MOE_OK;
-    for (int32_t t = 0; t < n && !st; t++) {
-        st = moe_ctx_eval(c, &tokens[t], 1, NULL);
-        if (st) break;
-        for (int32_t l = 0; l < L; l++) {
-            const uint64_t *cnt = moe_ctx_expert_counts(c, l);
-            if (!cnt) continue;
-            int32_t k = 0;
-            for (int32_t e = 0; e < E; e++) {
-                uint64_t d = cnt[e] - prev[(size_t)l * E + e];
-                if (d > 1 || (d == 1 && k >= K)) {
-                    st = MOE_ERR_INTERNAL; /* an expert chosen twice, or more than K: counters lie */
-                    break;
-                }
-                if (d) sel[k++] = e;
-                prev[(size_t)l * E + e] = cnt[e];
-            }
-            if (st) break;
-            moe_experts_stats_add(s, l, sel, NULL, k);
-        }
-        s->n_tokens++;
+    if (per_token) {
+        for (int32_t t = 0; t < n && !st; t++) st = moe_ctx_eval(c, &tokens[t], 1, NULL);
+    } else if (n) {
+        st = moe_ctx_eval(c, tokens, n, NULL);
     }
-    if (!st) s->has_coact = 1;
-    free(prev);
-    free(sel);
+    moe_ctx_set_route_observer(c, NULL, NULL);
+    if (!st) s->n_tokens += (uint64_t)n;
     return st;
 }
 

@@ -4,6 +4,7 @@
  * Prometheus text parsing; --from-metrics over HTTP from a responder thread on 127.0.0.1. */
 #include <arpa/inet.h>
 #include <math.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -57,18 +58,31 @@ static void test_library(void) {
     moe_experts_stats_init(&got, hp->n_layer, hp->n_expert);
     CHECK(moe_experts_collect(c, m, tok, T, 1, &got) == MOE_OK, "collect per token");
     expected_for(&exp, hp, tok, T);
-    CHECK(got.n_tokens == T && got.has_coact && !got.has_mass, "tokens %llu", (unsigned long long)got.n_tokens);
+    CHECK(got.n_tokens == T && got.has_coact && got.has_mass, "tokens %llu", (unsigned long long)got.n_tokens);
     CHECK(same_counts(&got, &exp, 1), "per-token counts and co-activation equal the constructed routing");
     for (int32_t e = 0; e < hp->n_expert; e++)
         printf("layer 1 expert %d: %llu (expected %llu)  layer 2: %llu (expected %llu)\n", e,
                (unsigned long long)got.count[1 * 8 + e], (unsigned long long)exp.count[1 * 8 + e],
                (unsigned long long)got.count[2 * 8 + e], (unsigned long long)exp.count[2 * 8 + e]);
     CHECK(!got.is_moe[0] && got.is_moe[1] && got.is_moe[2], "dense layer 0 not reported");
-    /* batched: same counts, no co-activation */
+    /* routing-weight mass (from the engine's routing observer): only selected experts carry it */
+    double mass_sum = 0;
+    int mass_ok = 1;
+    for (int32_t l = 1; l < hp->n_layer; l++)
+        for (int32_t e = 0; e < hp->n_expert; e++) {
+            double w = got.mass[(size_t)l * (size_t)hp->n_expert + (size_t)e];
+            mass_sum += w;
+            mass_ok &= got.count[(size_t)l * (size_t)hp->n_expert + (size_t)e] ? w > 0 : w == 0;
+        }
+    CHECK(mass_ok && mass_sum > 0, "weight mass on exactly the selected experts (sum %.3f)", mass_sum);
+    /* batched: the observer sees every token, so the same counts, co-activation and mass */
     moe_ctx_truncate(c, 0);
     moe_experts_stats_init(&bat, hp->n_layer, hp->n_expert);
     CHECK(moe_experts_collect(c, m, tok, T, 0, &bat) == MOE_OK, "collect batched");
-    CHECK(same_counts(&bat, &exp, 0) && !bat.has_coact, "batched counts equal");
+    CHECK(same_counts(&bat, &exp, 1) && bat.has_coact && bat.has_mass, "batched counts and co-activation equal");
+    double md = 0;
+    for (size_t i = 0; i < (size_t)hp->n_layer * (size_t)hp->n_expert; i++) md = fmax(md, fabs(bat.mass[i] - got.mass[i]));
+    CHECK(md < 1e-4, "batched mass equals per-token mass (max |d| %.2e)", md);
     /* summaries follow the counts */
     moe_experts_layer_summary sm;
     int32_t ord[8];
@@ -82,7 +96,7 @@ static void test_library(void) {
     CHECK(moe_experts_write_json(&got, "routed", path, err, sizeof err) == MOE_OK, "write json: %s", err);
     moe_experts_stats back;
     CHECK(moe_experts_read_json(path, &back, err, sizeof err) == MOE_OK, "read json: %s", err);
-    CHECK(same_counts(&back, &got, 1) && back.has_coact && !back.has_mass && back.n_tokens == T, "json round trip");
+    CHECK(same_counts(&back, &got, 1) && back.has_coact && back.has_mass && back.n_tokens == T, "json round trip");
     moe_experts_stats_free(&back);
     moe_experts_stats_free(&got);
     moe_experts_stats_free(&exp);
@@ -170,7 +184,7 @@ static void test_cli(void) {
              js, g_dir);
     CHECK(fx_sh(cmd) == 0, "%s", cmd);
     CHECK(moe_experts_read_json(js, &got, err, sizeof err) == MOE_OK, "read: %s", err);
-    CHECK(same_counts(&got, &exp, 0) && got.n_tokens == total && !got.has_coact, "CLI jsonl counts (%zu tokens)", total);
+    CHECK(same_counts(&got, &exp, 1) && got.n_tokens == total && got.has_coact && got.has_mass, "CLI jsonl --batched: counts, co-activation, mass (%zu tokens)", total);
     moe_experts_stats_free(&got);
     moe_experts_stats_free(&exp);
     /* --max-tokens caps what is read */
@@ -238,6 +252,9 @@ typedef struct {
 static void *serve(void *ud) {
     server *sv = ud;
     for (int k = 0; k < sv->n_serve; k++) {
+        /* give up after 20 s without a client, so a failing CLI cannot hang the test */
+        struct pollfd pf = {sv->fd, POLLIN, 0};
+        if (poll(&pf, 1, 20000) <= 0) break;
         int c = accept(sv->fd, NULL, NULL);
         if (c < 0) break;
         char req[4096];
