@@ -1,0 +1,5 @@
+# The reference vectors again with every kernel forced to its scalar _ref form (issue 4's
+# acceptance: all model vectors pass with the fast paths on, and with MOE_FORCE_REF=1).
+add_test(NAME model_test_vectors_ref COMMAND model_test_vectors WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+set_tests_properties(model_test_vectors_ref PROPERTIES LABELS "model" ENVIRONMENT "${MOE_TEST_ENV};MOE_FORCE_REF=1"
+                     TIMEOUT 900)
