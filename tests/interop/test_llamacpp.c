@@ -3,19 +3,22 @@
  * The reference is the llama.cpp build that node-llama-cpp 3.21.1 bundles (the one that made
  * ../shared/vectors); tests/interop/llama_probs.mjs runs it (CPU, F32 KV cache, flash attention
  * off) and writes its next-token probabilities at every position. For models written by
- * `moe init` (every variant of the spec and every dtype), `moe quantize` and `moe experts prune`,
+ * `moe init` (every variant of the spec and every dtype), `moe quantize`, `moe experts prune` and
+ * `moe convert` (from a Hugging Face checkpoint with the real DeepSeek-V3 tokenizer),
  * this test compares them with moekit's: KL(llama.cpp || moekit) mean over positions and argmax
  * agreement. F32 files must agree to float rounding; for F16/BF16/Q8_0/Q4 files llama.cpp rounds
  * activations before its matrix products (spec deepseek2.md §4.14), which on random weights
  * sometimes flips a router choice, so those get a looser bound — still far below the KL of two
  * unrelated models (≈ 1 nat), so a wrong layout or a misread key fails. */
 #include <math.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "moe/dtype.h"
 #include "moe/init.h"
 #include "moe/model.h"
 #include "testutil.h"
+#include "tools/hf_build.h"
 
 static char g_dir[512];
 static const char *g_bin, *g_src;
@@ -154,5 +157,24 @@ int main(void) {
              data, out);
     CHECK(run(cmd) == 0, "moe experts prune");
     compare("pruned-4of8", out, 1e-9, 1.0);
+
+    /* moe convert: a BF16 Hugging Face checkpoint (sharded safetensors, config.json, the real
+     * DeepSeek-V3 tokenizer files) converted to F32 (the BF16 values exactly) */
+    char shared_hf[1024], vocab[1024], orig[1024], hf[1024];
+    tu_shared("vectors/tokenizer/hf", shared_hf, sizeof shared_hf);
+    tu_shared("vectors/tokenizer/deepseek-v3-vocab.gguf", vocab, sizeof vocab);
+    c = base;
+    c.dtype = MOE_DTYPE_BF16;
+    c.n_vocab = 129280;
+    snprintf(orig, sizeof orig, "%s/hf-src.gguf", g_dir);
+    char err[512];
+    CHECK(moe_init_write(&c, vocab, orig, NULL, NULL, err, sizeof err) == MOE_OK, "init with the V3 vocabulary: %s", err);
+    snprintf(hf, sizeof hf, "%s/hf", g_dir);
+    mkdir(hf, 0755);
+    CHECK(hf_build(orig, &c, hf, 0, shared_hf) == 0, "building the HF checkpoint");
+    snprintf(out, sizeof out, "%s/converted.gguf", g_dir);
+    snprintf(cmd, sizeof cmd, "%s convert %s -o %s --dtype f32 > /dev/null 2>&1", g_bin, hf, out);
+    CHECK(run(cmd) == 0, "moe convert");
+    compare("converted-hf", out, 1e-9, 1.0);
     return test_done();
 }
