@@ -2,7 +2,8 @@
  *
  * moe_pool_run(p, fn, arg) calls fn(arg, ith, nth) on nth threads (the caller is thread 0)
  * and returns when all have finished. Workers spin briefly between jobs (a decode step issues
- * hundreds of small jobs) and then sleep on a condition variable. One caller at a time. */
+ * a few dozen jobs; a hand-off between spinning threads makes no system call) and then sleep on
+ * a condition variable. One caller at a time. */
 #ifndef MOE_POOL_H
 #define MOE_POOL_H
 
