@@ -55,6 +55,25 @@ static inline size_t moe_kern_scratch_floats(int64_t in) { return (size_t)MOE_KE
  * (moe_kern_mmq_rows). Other types: rows dequantized to F32 per tile, F32 dot products. */
 void moe_kern_matmul(moe_pool *pool, const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy,
                      int64_t T, const moe_kern_ws *ws);
+/* One product of a set (moe_kern_matmul_set): y[t*ldy + o] = Σ_i W[o][i] · x[t*ldx + i], t < T. */
+typedef struct moe_kern_prod {
+    const moe_wview *w; /* borrowed */
+    const float *x;     /* (T, ldx) borrowed */
+    int64_t ldx;
+    float *y;           /* (T, ldy) borrowed */
+    int64_t ldy, T;
+} moe_kern_prod;
+/* Most products one set takes (more are run in several sets). */
+#define MOE_KERN_MAX_PRODS 256
+
+/* n independent products as one pool job (one thread hand-off instead of n): the rows of all
+ * products, in whole MOE_KERN_TILE-row tiles, are split across the threads by estimated cost.
+ * W8A8 inputs are quantized once per distinct (x, ldx, T, in), so products sharing an input
+ * (gate and up, q and kv_a, the experts of one token) share its blocks; ws->xq must hold the
+ * sum of T × in/32 over the distinct inputs (otherwise the set runs in smaller pieces). Every
+ * (row, token) result equals what moe_kern_matmul gives for that product, bit for bit, and the
+ * outputs must not overlap the inputs. */
+void moe_kern_matmul_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_kern_ws *ws);
 /* Single-threaded variant over rows [o0, o1) (callers that parallelize themselves). */
 void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t T,
                           int64_t o0, int64_t o1, float *scratch);

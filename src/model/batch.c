@@ -54,8 +54,13 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
                  Dk = (size_t)hp->n_embd_head_k, Dv = (size_t)hp->n_embd_head_v, E = (size_t)hp->n_expert,
                  K = (size_t)hp->n_expert_used, V = (size_t)hp->n_vocab, L = (size_t)hp->n_layer,
                  nth = (size_t)moe_pool_n_threads(c->pool), NO = (size_t)c->n_out;
-    size_t ffw = zmax((size_t)hp->n_ff, (size_t)hp->n_ff_exp * zmax((size_t)hp->n_expert_shared, 1));
-    size_t max_in = zmax(zmax(zmax(D, Lq), zmax(Lkv, (size_t)m->dn)), zmax(H * Dv, ffw));
+    const size_t Fe = (size_t)hp->n_ff_exp, S = (size_t)hp->n_expert_shared, Dn = (size_t)m->dn;
+    size_t ffw = zmax((size_t)hp->n_ff, Fe * (S + K));
+    size_t max_in = zmax(zmax(zmax(D, Lq), zmax(Lkv, Dn)), zmax(H * Dv, zmax((size_t)hp->n_ff, Fe * zmax(S, 1))));
+    /* activation blocks per token of the largest product set (moe_kern_matmul_set): q_b or
+     * q+kv_a, all heads' k_b or v_b, the experts' gathered inputs, shared + experts' down */
+    size_t xq_tok = zmax(zmax(max_in, D + Lq), zmax(H * zmax(Dn, Lkv), zmax(K * D, Fe * (S + K)))) / 32 + 1;
+    const size_t NW = zmax(3 * E, H) + 1, NP = zmax(2 * E + 3, H) + 1;
     c->scratch_per_thread = moe_kern_scratch_floats((int64_t)max_in);
     size_t wide = zmax(D, zmax(H * Dk, H * (Lkv + R)));
     struct {
@@ -67,15 +72,17 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         {(void **)&c->q, B * H * Dk, 4},     {(void **)&c->kvb, B * (Lkv + R), 4},
         {(void **)&c->qt, B * H * (Lkv + R), 4}, {(void **)&c->u, B * H * Lkv, 4},
         {(void **)&c->o, B * H * Dv, 4},     {(void **)&c->fa, B * ffw, 4},
-        {(void **)&c->fb, B * ffw, 4},       {(void **)&c->xe, B * D, 4},
-        {(void **)&c->ye, B * D, 4},         {(void **)&c->router, B * zmax(E, 1), 4},
+        {(void **)&c->fb, B * ffw, 4},       {(void **)&c->xe, B * zmax(K, 1) * D, 4},
+        {(void **)&c->ye, B * zmax(K, 1) * D, 4}, {(void **)&c->router, B * zmax(E, 1), 4},
+        {(void **)&c->wv, NW, sizeof(moe_wview)}, {(void **)&c->prods, NP, sizeof(moe_kern_prod)},
+        {(void **)&c->prods2, E + 2, sizeof(moe_kern_prod)},
         {(void **)&c->sel, B * zmax(K, 1), 4}, {(void **)&c->selw, B * zmax(K, 1), 4},
         {(void **)&c->ex_tok, B * zmax(K, 1), 4}, {(void **)&c->ex_w, B * zmax(K, 1), 4},
         {(void **)&c->ex_off, E + 1, 4},     {(void **)&c->rope, B * R, 4},
         {(void **)&c->tok_pos, B, 4},        {(void **)&c->tok_cache, B, sizeof(float *)},
         {(void **)&c->tok_nctx, B, 4},       {(void **)&c->hl, NO * D, 4},
         {(void **)&c->lo, NO * V, 4},        {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
-        {(void **)&c->counts, L * zmax(E, 1), 8}, {(void **)&c->xq, B * (max_in / 32 + 1), sizeof(moe_q8a)},
+        {(void **)&c->counts, L * zmax(E, 1), 8}, {(void **)&c->xq, B * xq_tok, sizeof(moe_q8a)},
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
@@ -87,7 +94,7 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         *parts[i].p = cur;
         cur += (parts[i].n * parts[i].es + 63) & ~(size_t)63;
     }
-    c->ws = (moe_kern_ws){c->scratch, c->scratch_per_thread, c->xq, B * (max_in / 32 + 1)};
+    c->ws = (moe_kern_ws){c->scratch, c->scratch_per_thread, c->xq, B * xq_tok};
     *out = c;
     return MOE_OK;
 nomem:

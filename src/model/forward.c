@@ -121,15 +121,16 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_hparams *hp = &m->hp;
     const int64_t D = hp->n_embd, H = hp->n_head, Lq = hp->q_lora_rank, Lkv = hp->kv_lora_rank, R = hp->n_rot,
                   Dk = hp->n_embd_head_k, Dv = hp->n_embd_head_v, Dn = m->dn, W = Lkv + R;
-    /* h: (B, D) normed input */
+    /* h: (B, D) normed input; q (or q_a) and kv_a share one quantization of h and one job */
     if (Lq > 0) {
-        MM(&ly->q_a, c->h, D, c->qa, Lq, B); /* (B, Lq) */
+        moe_kern_prod p[2] = {{&ly->q_a, c->h, D, c->qa, Lq, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, Lq), (B, W) */
+        moe_kern_matmul_set(c->pool, p, 2, &c->ws);
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->qa + t * Lq, c->qa + t * Lq, ly->q_a_norm, Lq, hp->rms_eps);
         MM(&ly->q_b, c->qa, Lq, c->q, H * Dk, B); /* (B, H·Dk) */
     } else {
-        MM(&ly->q, c->h, D, c->q, H * Dk, B);
+        moe_kern_prod p[2] = {{&ly->q, c->h, D, c->q, H * Dk, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, H·Dk), (B, W) */
+        moe_kern_matmul_set(c->pool, p, 2, &c->ws);
     }
-    MM(&ly->kv_a, c->h, D, c->kvb, W, B); /* (B, Lkv+R) */
     for (int64_t t = 0; t < B; t++) {
         float *row = tok_layer_cache(c, t, il) + (size_t)c->tok_pos[t] * (size_t)W;
         moe_kern_rmsnorm(row, c->kvb + t * W, ly->kv_a_norm, Lkv, hp->rms_eps);
@@ -137,10 +138,12 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         rope_apply(row + Lkv, c->rope + t * R, (int)R);
     }
     /* absorbed queries: qt[t][h] = [k_b_h · q_nope (Lkv), rope(q_pe) (R)] */
+    /* all heads' k_b products as one job */
     for (int64_t hh = 0; hh < H; hh++) {
-        moe_wview kb = slice(&ly->k_b, hh);
-        MM(&kb, c->q + hh * Dk, H * Dk, c->qt + hh * W, H * W, B);
+        c->wv[hh] = slice(&ly->k_b, hh);
+        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->q + hh * Dk, H * Dk, c->qt + hh * W, H * W, B};
     }
+    moe_kern_matmul_set(c->pool, c->prods, (int)H, &c->ws);
     for (int64_t t = 0; t < B; t++)
         for (int64_t hh = 0; hh < H; hh++) {
             float *qpe = c->qt + (t * H + hh) * W + Lkv;
@@ -151,9 +154,10 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     moe_pool_run(c->pool, attn_worker, &aj);
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {
-        moe_wview vb = slice(&ly->v_b, hh);
-        MM(&vb, c->u + hh * Lkv, H * Lkv, c->o + hh * Dv, H * Dv, B);
+        c->wv[hh] = slice(&ly->v_b, hh);
+        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->u + hh * Lkv, H * Lkv, c->o + hh * Dv, H * Dv, B};
     }
+    moe_kern_matmul_set(c->pool, c->prods, (int)H, &c->ws);
     MM(&ly->attn_out, c->o, H * Dv, c->t0, D, B); /* (B, D) */
     for (int64_t t = 0; t < B; t++)
         for (int64_t i = 0; i < D; i++) c->x[t * D + i] += c->t0[t * D + i];
@@ -163,8 +167,8 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
 static void mlp(moe_engine *c, const moe_wview *gate, const moe_wview *up, const moe_wview *down, const float *in,
                 float *out, int64_t T) {
     const int64_t D = c->m->hp.n_embd, F = gate->out;
-    MM(gate, in, D, c->fa, F, T);
-    MM(up, in, D, c->fb, F, T);
+    moe_kern_prod p[2] = {{gate, in, D, c->fa, F, T}, {up, in, D, c->fb, F, T}}; /* one job, one quantization */
+    moe_kern_matmul_set(c->pool, p, 2, &c->ws);
     for (int64_t t = 0; t < T; t++) moe_kern_swiglu(c->fa + t * F, c->fb + t * F, F);
     MM(down, c->fa, F, out, D, T);
 }
@@ -239,15 +243,27 @@ static void route(const moe_hparams *hp, const float *bias, float *logit /* (E),
         for (int k = 0; k < K; k++) w[k] *= hp->expert_weights_scale;
 }
 
+/* Routed and shared experts in three pool jobs whatever the number of experts selected:
+ *   1. shared gate+up and the router (all read h)
+ *   2. gate+up of every selected expert (the rows of all experts split across the threads)
+ *   3. shared down and every selected expert's down
+ * Expert e's tokens take slots [ex_off[e], ex_off[e+1]) of the (B·K)-row buffers xe (its
+ * gathered inputs; not needed when its tokens are consecutive, e.g. any expert at B = 1), the
+ * expert part of fa/fb (B·Fe·S floats in) and ye. x gets the shared output, then the experts'
+ * weighted outputs in ascending expert order (the order of one expert at a time). */
 static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_hparams *hp = &c->m->hp;
     const int64_t D = hp->n_embd, E = hp->n_expert, K = hp->n_expert_used;
-    /* shared experts first: t0 = shared(h) */
-    if (hp->n_expert_shared > 0) {
-        mlp(c, &ly->gate_sh, &ly->up_sh, &ly->down_sh, c->h, c->t0, B);
-        for (int64_t i = 0; i < B * D; i++) c->x[i] += c->t0[i];
+    const int64_t Fe = ly->gate_exps.w.out, FS = hp->n_expert_shared > 0 ? ly->gate_sh.out : 0;
+    float *fa_e = c->fa + B * FS, *fb_e = c->fb + B * FS; /* (B·K, Fe) expert slots */
+    moe_kern_prod *p = c->prods;
+    int np = 0;
+    if (FS > 0) {
+        p[np++] = (moe_kern_prod){&ly->gate_sh, c->h, D, c->fa, FS, B}; /* (B, FS) */
+        p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B};
     }
-    MM(&ly->gate_inp, c->h, D, c->router, E, B); /* (B, E) */
+    p[np++] = (moe_kern_prod){&ly->gate_inp, c->h, D, c->router, E, B}; /* (B, E) */
+    moe_kern_matmul_set(c->pool, p, np, &c->ws);
     uint64_t *cnt = c->counts + (size_t)il * (size_t)E;
     for (int64_t e = 0; e <= E; e++) c->ex_off[e] = 0;
     for (int64_t t = 0; t < B; t++) {
@@ -268,15 +284,43 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             c->ex_tok[at] = (int32_t)t;
             c->ex_w[at] = c->selw[t * K + k];
         }
+    /* 2: gate+up of every selected expert; consecutive tokens are read in place */
+    np = 0;
     for (int64_t e = 0; e < E; e++) {
-        int32_t n = c->ex_off[e + 1] - c->ex_off[e];
+        const int32_t off = c->ex_off[e], n = c->ex_off[e + 1] - off;
         if (!n) continue; /* only selected experts are computed */
-        const int32_t *toks = c->ex_tok + c->ex_off[e];
-        const float *ws = c->ex_w + c->ex_off[e];
-        for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)j * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
-        moe_wview g = slice(&ly->gate_exps, e), u = slice(&ly->up_exps, e), d = slice(&ly->down_exps, e);
-        mlp(c, &g, &u, &d, c->xe, c->ye, n);
-        for (int32_t j = 0; j < n; j++) moe_kern_axpy(c->x + (size_t)toks[j] * D, ws[j], c->ye + (size_t)j * D, D);
+        const int32_t *toks = c->ex_tok + off;
+        const float *in = c->h + (size_t)toks[0] * D;
+        if (toks[n - 1] - toks[0] != n - 1) {
+            for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)(off + j) * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
+            in = c->xe + (size_t)off * D;
+        }
+        moe_wview *w = c->wv + 3 * np / 2;
+        w[0] = slice(&ly->gate_exps, e);
+        w[1] = slice(&ly->up_exps, e);
+        w[2] = slice(&ly->down_exps, e);
+        p[np++] = (moe_kern_prod){&w[0], in, D, fa_e + (size_t)off * Fe, Fe, n}; /* (n, Fe) */
+        p[np++] = (moe_kern_prod){&w[1], in, D, fb_e + (size_t)off * Fe, Fe, n};
+    }
+    moe_kern_matmul_set(c->pool, p, np, &c->ws);
+    for (int64_t t = 0; t < B && FS > 0; t++) moe_kern_swiglu(c->fa + t * FS, c->fb + t * FS, FS);
+    for (int64_t r = 0; r < B * K; r++) moe_kern_swiglu(fa_e + r * Fe, fb_e + r * Fe, Fe);
+    /* 3: shared down and every expert's down (the experts' views were set in step 2) */
+    const int n_ex = np / 2;
+    np = 0;
+    if (FS > 0) c->prods2[np++] = (moe_kern_prod){&ly->down_sh, c->fa, FS, c->t0, D, B}; /* (B, D) */
+    for (int k = 0; k < n_ex; k++) {
+        const moe_kern_prod *g = &p[2 * k];
+        const int64_t off = (g->y - fa_e) / Fe;
+        c->prods2[np++] = (moe_kern_prod){&c->wv[3 * k + 2], g->y, Fe, c->ye + off * D, D, g->T}; /* (n, D) */
+    }
+    moe_kern_matmul_set(c->pool, c->prods2, np, &c->ws);
+    if (FS > 0)
+        for (int64_t i = 0; i < B * D; i++) c->x[i] += c->t0[i];
+    for (int64_t e = 0; e < E; e++) {
+        const int32_t off = c->ex_off[e], n = c->ex_off[e + 1] - off;
+        for (int32_t j = 0; j < n; j++)
+            moe_kern_axpy(c->x + (size_t)c->ex_tok[off + j] * D, c->ex_w[off + j], c->ye + (size_t)(off + j) * D, D);
     }
 }
 

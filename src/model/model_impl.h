@@ -58,8 +58,10 @@ struct moe_engine {
     float *x, *h, *t0;   /* (B, D), (B, D), (B, max width) */
     float *qa, *q, *kvb; /* (B, Lq), (B, H·Dk), (B, Lkv+R) */
     float *qt, *u, *o;   /* (B, H, Lkv+R), (B, H, Lkv), (B, H·Dv) */
-    float *fa, *fb;      /* (B, max(F, Fe·S, Fe)) */
-    float *xe, *ye;      /* (B, D) gathered tokens / expert output */
+    float *fa, *fb;      /* (B, max(F, Fe·(S+K))): dense, or shared (B, Fe·S) then expert slots (B·K, Fe) */
+    float *xe, *ye;      /* (B·K, D) gathered expert inputs / expert outputs, by slot */
+    moe_wview *wv;       /* (max(3E, H)) per-step weight slices (heads, experts) */
+    moe_kern_prod *prods, *prods2; /* (max(2E+3, H)), (E+1) product sets of one job */
     float *router;       /* (B, E) */
     int32_t *sel;        /* (B, K) selected experts */
     float *selw;         /* (B, K) their weights */

@@ -188,63 +188,131 @@ void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float
     }
 }
 
+/* ---- sets of products, one pool job ----
+ * Cost model for the row split: a tile of MOE_KERN_TILE rows of a product with input length
+ * `in` over T tokens costs in·(8 + T) (streaming its weights ≈ 8 token-passes of arithmetic).
+ * Thread ith takes the tiles whose cumulative cost starts in [C·ith/nth, C·(ith+1)/nth), so the
+ * split is a pure function of the shapes (and results never depend on it: each (row, token)
+ * is computed whole by one thread). */
 typedef struct {
-    const moe_wview *w;
-    const float *x;
-    int64_t ldx;
-    float *y;
-    int64_t ldy, T;
+    const moe_kern_prod *p;
+    int n, nq;
     const moe_kern_ws *ws;
-} mm_job;
+    const moe_q8a *xq[MOE_KERN_MAX_PRODS];     /* per product: its activation blocks, NULL = F32 path */
+    int64_t start[MOE_KERN_MAX_PRODS + 1];     /* cumulative cost before product k */
+    int qp[MOE_KERN_MAX_PRODS];                /* distinct W8A8 inputs: the product that owns each */
+    int64_t qrow[MOE_KERN_MAX_PRODS + 1];      /* cumulative token rows of the distinct inputs */
+} set_job;
 
-/* tile range of thread ith: whole tiles, contiguous */
-static void tile_range(int64_t out, int ith, int nth, int64_t *o0, int64_t *o1) {
-    int64_t tiles = (out + MOE_KERN_TILE - 1) / MOE_KERN_TILE;
-    *o0 = tiles * ith / nth * MOE_KERN_TILE;
-    *o1 = tiles * (ith + 1) / nth * MOE_KERN_TILE;
-    if (*o1 > out) *o1 = out;
+static int64_t tile_cost(const moe_kern_prod *p) { return p->w->in * (8 + p->T); }
+static int64_t n_tiles(const moe_kern_prod *p) { return (p->w->out + MOE_KERN_TILE - 1) / MOE_KERN_TILE; }
+static int64_t cdiv_pos(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+static void set_quant_worker(void *arg, int ith, int nth) {
+    set_job *j = arg;
+    const int64_t R = j->qrow[j->nq];
+    int q = 0;
+    for (int64_t r = R * ith / nth; r < R * (ith + 1) / nth; r++) {
+        while (r >= j->qrow[q + 1]) q++;
+        const moe_kern_prod *p = &j->p[j->qp[q]];
+        const int64_t t = r - j->qrow[q];
+        moe_kern_quant_act(p->x + t * p->ldx, (moe_q8a *)j->xq[j->qp[q]] + t * (p->w->in / 32), p->w->in);
+    }
 }
 
-static void mm_worker(void *arg, int ith, int nth) {
-    mm_job *j = arg;
-    int64_t o0, o1;
-    tile_range(j->w->out, ith, nth, &o0, &o1);
-    if (o0 < o1)
-        moe_kern_matmul_rows(j->w, j->x, j->ldx, j->y, j->ldy, j->T, o0, o1, j->ws->scratch + (size_t)ith * j->ws->per_thread);
+static void set_worker(void *arg, int ith, int nth) {
+    set_job *j = arg;
+    const int64_t C = j->start[j->n], lo = C * ith / nth, hi = C * (ith + 1) / nth;
+    for (int k = 0; k < j->n; k++) {
+        if (j->start[k + 1] <= lo || j->start[k] >= hi) continue;
+        const moe_kern_prod *p = &j->p[k];
+        const int64_t tc = tile_cost(p), nt = n_tiles(p);
+        int64_t k0 = cdiv_pos(lo - j->start[k], tc), k1 = cdiv_pos(hi - j->start[k], tc);
+        k1 = k1 < nt ? k1 : nt;
+        if (k0 >= k1) continue;
+        int64_t o0 = k0 * MOE_KERN_TILE, o1 = k1 * MOE_KERN_TILE < p->w->out ? k1 * MOE_KERN_TILE : p->w->out;
+        if (j->xq[k])
+            moe_kern_mmq_rows(p->w, j->xq[k], p->T, p->y, p->ldy, o0, o1);
+        else
+            moe_kern_matmul_rows(p->w, p->x, p->ldx, p->y, p->ldy, p->T, o0, o1,
+                                 j->ws->scratch + (size_t)ith * j->ws->per_thread);
+    }
 }
 
-static void mmq_worker(void *arg, int ith, int nth) {
-    mm_job *j = arg;
-    int64_t o0, o1;
-    tile_range(j->w->out, ith, nth, &o0, &o1);
-    if (o0 < o1) moe_kern_mmq_rows(j->w, j->ws->xq, j->T, j->y, j->ldy, o0, o1);
+/* Runs products [0, n) that fit the workspace together. */
+static void run_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_kern_ws *ws, const int *w8a8) {
+    set_job j;
+    j.p = p;
+    j.n = n;
+    j.nq = 0;
+    j.ws = ws;
+    j.start[0] = 0;
+    j.qrow[0] = 0;
+    size_t used = 0;
+    for (int k = 0; k < n; k++) {
+        j.xq[k] = NULL;
+        if (w8a8[k]) {
+            int same = -1;
+            for (int q = 0; q < j.nq && same < 0; q++) {
+                const moe_kern_prod *o = &p[j.qp[q]];
+                if (o->x == p[k].x && o->ldx == p[k].ldx && o->T == p[k].T && o->w->in == p[k].w->in) same = j.qp[q];
+            }
+            if (same >= 0) {
+                j.xq[k] = j.xq[same];
+            } else {
+                j.xq[k] = ws->xq + used;
+                used += (size_t)(p[k].T * (p[k].w->in / 32));
+                j.qp[j.nq] = k;
+                j.qrow[j.nq + 1] = j.qrow[j.nq] + p[k].T;
+                j.nq++;
+            }
+        }
+        j.start[k + 1] = j.start[k] + n_tiles(&p[k]) * tile_cost(&p[k]);
+    }
+    const int par = pool && moe_pool_n_threads(pool) > 1;
+    int64_t qfloats = 0, tiles = 0;
+    for (int q = 0; q < j.nq; q++) qfloats += p[j.qp[q]].T * p[j.qp[q]].w->in;
+    for (int k = 0; k < n; k++) tiles += n_tiles(&p[k]);
+    if (j.nq) {
+        if (par && qfloats >= 16384)
+            moe_pool_run(pool, set_quant_worker, &j);
+        else
+            set_quant_worker(&j, 0, 1);
+    }
+    /* tiny sets (a router, one small head slice) are not worth a hand-off */
+    if (!par || tiles < 2)
+        set_worker(&j, 0, 1);
+    else
+        moe_pool_run(pool, set_worker, &j);
 }
 
-static void quant_worker(void *arg, int ith, int nth) {
-    mm_job *j = arg;
-    const int64_t nb = j->w->in / 32;
-    for (int64_t t = j->T * ith / nth; t < j->T * (ith + 1) / nth; t++)
-        moe_kern_quant_act(j->x + t * j->ldx, j->ws->xq + t * nb, j->w->in);
+void moe_kern_matmul_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_kern_ws *ws) {
+    int w8a8[MOE_KERN_MAX_PRODS];
+    const int int8 = ws->xq && moe_kern_int8_enabled();
+    while (n > 0) {
+        /* the longest prefix whose distinct inputs fit ws->xq (a shared input counts once) */
+        int m = 0;
+        size_t used = 0;
+        for (; m < n && m < MOE_KERN_MAX_PRODS; m++) {
+            const moe_kern_prod *q = &p[m];
+            size_t need = (size_t)(q->T * (q->w->in / 32));
+            int shared = 0;
+            for (int k = 0; k < m && !shared; k++)
+                shared = w8a8[k] && p[k].x == q->x && p[k].ldx == q->ldx && p[k].T == q->T && p[k].w->in == q->w->in;
+            w8a8[m] = int8 && moe_kern_mmq_supported(q->w->type) && need <= ws->xq_cap;
+            if (w8a8[m] && !shared) {
+                if (used + need > ws->xq_cap) break;
+                used += need;
+            }
+        }
+        run_set(pool, p, m, ws, w8a8);
+        p += m;
+        n -= m;
+    }
 }
 
 void moe_kern_matmul(moe_pool *pool, const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy,
                      int64_t T, const moe_kern_ws *ws) {
-    mm_job j = {w, x, ldx, y, ldy, T, ws};
-    const int par = pool && moe_pool_n_threads(pool) > 1;
-    if (moe_kern_mmq_supported(w->type) && ws->xq && moe_kern_int8_enabled() &&
-        (size_t)(T * (w->in / 32)) <= ws->xq_cap) {
-        if (par && T * w->in >= 16384)
-            moe_pool_run(pool, quant_worker, &j);
-        else
-            quant_worker(&j, 0, 1);
-        if (!par || w->out < 2 * MOE_KERN_TILE)
-            moe_kern_mmq_rows(w, ws->xq, T, y, ldy, 0, w->out);
-        else
-            moe_pool_run(pool, mmq_worker, &j);
-        return;
-    }
-    if (!par || w->out < 2 * MOE_KERN_TILE)
-        moe_kern_matmul_rows(w, x, ldx, y, ldy, T, 0, w->out, ws->scratch);
-    else
-        moe_pool_run(pool, mm_worker, &j);
+    moe_kern_prod p = {w, x, ldx, y, ldy, T};
+    moe_kern_matmul_set(pool, &p, 1, ws);
 }
