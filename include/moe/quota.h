@@ -113,8 +113,15 @@ const char *moe_quota_backend(const moe_quota *q);
  * an error status only for bad arguments. */
 moe_status moe_quota_admit(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t prompt_tokens,
                            const char *lease, moe_quota_result *res);
-/* Charge tokens spent after admission (generated tokens) to the tpm bucket and the budget. */
+/* Charge tokens spent after admission (generated tokens) to the tpm bucket and the budget.
+ * tokens < 0 refunds tokens charged ahead and not used (the bucket stops at its capacity,
+ * the budget at 0). */
 moe_status moe_quota_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t tokens);
+/* The same, and *tokens_left (may be NULL) = the tpm bucket's level afterwards (negative: the
+ * tenant is in debt for -level / (tpm / 60) seconds), -1 when l->tpm is 0 or on error.
+ * MOE_ERR_IO: the backend failed (nothing was charged). */
+moe_status moe_quota_charge_level(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t tokens,
+                                  double *tokens_left);
 /* End a request: give its concurrency lease back. */
 moe_status moe_quota_release(moe_quota *q, const char *bucket, const moe_quota_limits *l, const char *lease);
 /* Tokens charged to the budget this month (0 if none); -1 if the backend failed. */

@@ -120,6 +120,8 @@ typedef struct moe_tenant_ticket {
     char lease[48];
     moe_quota_limits limits; /* in force for this request (override applied) */
     moe_quota_result res;
+    int64_t prompt;          /* prompt tokens charged at admission (less refunds) */
+    int64_t charged;         /* generated tokens charged so far (moe_tenant_gate_charge) */
     int authed, admitted, finished;
 } moe_tenant_ticket;
 
@@ -130,9 +132,22 @@ moe_status moe_tenant_gate_auth(moe_tenant_gate *g, const char *authorization, m
  * request_id names the concurrency lease. Returns the verdict (also in t->res). */
 moe_quota_verdict moe_tenant_gate_admit(moe_tenant_gate *g, moe_tenant_ticket *t, const char *model,
                                         int64_t prompt_tokens, const char *request_id);
-/* The request ended (any way) after admission: charge completion_tokens, release the lease,
- * count usage. Idempotent; does nothing for a ticket that was not admitted. */
+/* Charge tokens to an admitted request's counters now (tokens per minute and budget), as
+ * they are about to be generated; a negative count refunds tokens charged and not used.
+ * Returns the seconds the tenant's tokens-per-minute bucket stays in debt (0 = none): the
+ * server grants no more tokens to the request until then. A charge the backend cannot take
+ * (Redis down, or a fail-open admission) is kept and charged once the backend answers. */
+double moe_tenant_gate_charge(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t tokens);
+/* Give back n prompt tokens charged at admission that were never processed (the request
+ * was cancelled or refused before its prefill finished); usage counts only what was used. */
+void moe_tenant_gate_refund_prompt(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t n);
+/* The request ended (any way) after admission with completion_tokens generated: charge or
+ * refund the difference to what moe_tenant_gate_charge took, release the lease, count usage.
+ * Idempotent; does nothing for a ticket that was not admitted. */
 void moe_tenant_gate_finish(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t completion_tokens);
+/* Tokens consumed but not yet charged to the backend (it was unreachable): the gate charges
+ * them once it answers again. */
+int64_t moe_tenant_gate_unreconciled(moe_tenant_gate *g);
 /* Response headers for t: x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the limits
  * the tenant has, and Retry-After / retry-after-ms on a refusal. */
 void moe_tenant_gate_headers(const moe_tenant_ticket *t, void (*add)(void *ctx, const char *name, const char *value),

@@ -10,8 +10,10 @@
  *                   is admitted from a full bucket and leaves debt)
  * Every check runs; the verdict is the first that fails and retry_after the largest wait.
  * Only when all pass is anything taken: 1 request, prompt tokens (tpm and budget), a lease.
- * Generated tokens are charged later (moe_quota_charge) and may push the tpm bucket into
- * debt down to −tpm, which then delays the next admissions: tokens are paid as used.
+ * Generated tokens are charged later (moe_quota_charge, in increments while a request runs)
+ * and may push the tpm bucket into debt down to −tpm, which then delays the next admissions:
+ * tokens are paid as used. A negative charge is a refund (tokens charged ahead and not used);
+ * it never fills a bucket past its capacity nor a month's budget below 0.
  *
  * Local backend: a chained hash table of buckets → entry, under one mutex. Entries are never
  * freed before close (one per tenant and model override; tenants are few). */
@@ -66,6 +68,7 @@ int moe_bucket_take(moe_bucket *b, double rate, double cap, double need, double 
 void moe_bucket_charge(moe_bucket *b, double rate, double cap, double n, double now) {
     double t, l = bucket_refill(b, rate, cap, now, &t) - n;
     if (l < -cap) l = -cap;
+    if (l > cap) l = cap; /* a refund (n < 0) never fills past the capacity */
     b->level = l;
     b->t = t;
     b->init = 1;
@@ -247,13 +250,18 @@ static int local_admit(moe_quota *q, const char *bucket, const moe_quota_limits 
     return 0;
 }
 
-static int local_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now) {
+static int local_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now,
+                        double *left) {
     local_impl *li = q->impl;
     pthread_mutex_lock(&li->mu);
     local_entry *e = local_get(li, bucket, now), *be = e ? local_budget_entry(li, bucket, now) : NULL;
     if (e && be) {
-        if (l->tpm > 0) moe_bucket_charge(&e->tpm, (double)l->tpm / 60.0, (double)l->tpm, (double)n, now);
+        if (l->tpm > 0) {
+            moe_bucket_charge(&e->tpm, (double)l->tpm / 60.0, (double)l->tpm, (double)n, now);
+            *left = e->tpm.level;
+        }
         be->used += n;
+        if (be->used < 0) be->used = 0;
     }
     pthread_mutex_unlock(&li->mu);
     return e ? 0 : -1;
@@ -398,10 +406,19 @@ moe_status moe_quota_admit(moe_quota *q, const char *bucket, const moe_quota_lim
     return MOE_OK;
 }
 
+moe_status moe_quota_charge_level(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t tokens,
+                                  double *tokens_left) {
+    double left = -1;
+    if (tokens_left) *tokens_left = -1;
+    if (!q || !bucket || !l || !bucket_name_ok(bucket)) return MOE_ERR_INVAL;
+    if (!tokens && l->tpm <= 0) return MOE_OK;
+    if (q->ops->charge(q, bucket, l, tokens, call_now(q), &left)) return MOE_ERR_IO;
+    if (tokens_left) *tokens_left = l->tpm > 0 ? left : -1;
+    return MOE_OK;
+}
+
 moe_status moe_quota_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t tokens) {
-    if (!q || !bucket || !l || !bucket_name_ok(bucket) || tokens < 0) return MOE_ERR_INVAL;
-    if (!tokens) return MOE_OK;
-    return q->ops->charge(q, bucket, l, tokens, call_now(q)) ? MOE_ERR_IO : MOE_OK;
+    return moe_quota_charge_level(q, bucket, l, tokens, NULL);
 }
 
 moe_status moe_quota_release(moe_quota *q, const char *bucket, const moe_quota_limits *l, const char *lease) {

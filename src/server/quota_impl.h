@@ -13,7 +13,8 @@ typedef struct quota_ops {
     /* now: seconds from the injected clock, or 0 = the backend's own clock (Redis TIME) */
     int (*admit)(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t prompt, const char *lease,
                  double now, moe_quota_result *res);
-    int (*charge)(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now);
+    /* left: the tpm bucket's level after the charge (set only when l->tpm > 0) */
+    int (*charge)(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now, double *left);
     int (*release)(moe_quota *q, const char *bucket, const char *lease);
     int64_t (*budget_used)(moe_quota *q, const char *bucket, double now);
     int (*budget_seed)(moe_quota *q, const char *bucket, int64_t used, double now);

@@ -7,7 +7,8 @@
  *   <prefix>{B}:m:YYYY-MM  string       tokens charged this month
  * Every update that reads before it writes is one Lua script run with EVALSHA (Redis runs a
  * script atomically), so replicas never race: ADMIT checks all four limits and takes from
- * all of them or from none; CHARGE adds spent tokens; a lease is given back with ZREM. Keys
+ * all of them or from none; CHARGE adds spent tokens (or refunds unused ones) and answers the
+ * tpm level; a lease is given back with ZREM. Keys
  * expire once they would be full/empty again, so idle tenants cost no memory.
  * A script that Redis forgot (restart, SCRIPT FLUSH) answers NOSCRIPT: it is loaded again
  * and re-run once.
@@ -107,16 +108,20 @@ static const char k_charge[] =
     LUA_NOW
     "local tpm, n = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     LUA_LEVEL
+    "local left = -1\n"
     "if tpm > 0 then\n"
     "  local trate = tpm / 60\n"
     "  local l, t = level(KEYS[1], trate, tpm)\n"
     "  l = l - n\n"
     "  if l < -tpm then l = -tpm end\n"
+    "  if l > tpm then l = tpm end\n"
     "  store(KEYS[1], l, t, trate, tpm)\n"
+    "  left = l\n"
     "end\n"
     "local used = redis.call('INCRBY', KEYS[2], n)\n"
+    "if used < 0 then redis.call('SET', KEYS[2], '0'); used = 0 end\n"
     "redis.call('EXPIRE', KEYS[2], ARGV[4])\n"
-    "return used\n";
+    "return {used, string.format('%.17g', left)}\n";
 
 enum { SCRIPT_ADMIT, SCRIPT_CHARGE, N_SCRIPT };
 static const char *const k_scripts[N_SCRIPT] = {k_admit, k_charge};
@@ -319,7 +324,8 @@ static int redis_admit(moe_quota *q, const char *bucket, const moe_quota_limits 
     return 0;
 }
 
-static int redis_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now) {
+static int redis_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now,
+                        double *left) {
     char kt[300], km[320], m[8], mk[16];
     double mt = month_time(now);
     moe_quota_month(mt, m);
@@ -338,7 +344,8 @@ static int redis_charge(moe_quota *q, const char *bucket, const moe_quota_limits
         return -1;
     }
     redisReply *r = run_script(q, c, SCRIPT_CHARGE, 2, keys, 4, args);
-    if (!r || r->type != REDIS_REPLY_INTEGER) return fail(q, c, r, "charge script");
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return fail(q, c, r, "charge script");
+    *left = reply_num(r->element[1]);
     freeReplyObject(r);
     conn_put(q, c, 1);
     set_up(q, 1, NULL);

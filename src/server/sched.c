@@ -18,11 +18,18 @@
  * is a flag the engine checks before every step: the slot and its reservation are freed at
  * once, and the sequence's cache is truncated for the next request.
  *
+ * Tokens-per-minute quotas (issue 9): a request decodes only while n_gen < r->allow. The HTTP
+ * thread charges tokens to the tenant a few at a time ahead of use and raises allow (then
+ * pokes); a slot out of granted tokens simply sits out steps, and an engine with nothing to
+ * run sleeps until a poke. Without a quota allow is INT32_MAX.
+ *
  * Lock order: sched->mu, then req->mu, then metrics->mu. The engine thread never blocks on
  * an HTTP thread. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "moe/batch.h"
 #include "moe/tenant.h"
@@ -57,6 +64,7 @@ struct srv_sched {
     pthread_cond_t cv;
     srv_req *q_head, *q_tail;
     int64_t n_queued, n_running;
+    uint64_t pokes; /* srv_sched_poke calls: an engine with nothing to run sleeps until it changes */
     int closed, quit, cancel_all;
 };
 
@@ -65,6 +73,8 @@ srv_req *srv_req_new(void) {
     if (!r) return NULL;
     atomic_init(&r->refs, 1);
     atomic_init(&r->cancel, 0);
+    atomic_init(&r->allow, INT32_MAX);
+    atomic_init(&r->gen_pub, 0);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->slot = -1;
@@ -155,6 +165,7 @@ static void req_done(srv_sched *s, srv_req *r, srv_finish f, const char *msg) {
     r->done = 1;
     r->out_prompt = r->n_prompt;
     r->out_gen = r->n_gen;
+    r->out_prefilled = r->n_done_prompt;
     if (msg) snprintf(r->errmsg, sizeof r->errmsg, "%s", msg);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -243,6 +254,12 @@ static void on_token(srv_sched *s, int i) {
     double now = srv_now();
     int32_t id = moe_sampler_sample(r->smp, sl->logits);
     r->n_gen++;
+    atomic_store_explicit(&r->gen_pub, r->n_gen, memory_order_release);
+    if (r->n_gen == atomic_load_explicit(&r->allow, memory_order_acquire) && r->n_gen < r->max_tokens) {
+        pthread_mutex_lock(&r->mu); /* out of granted tokens: wake the HTTP thread to charge more */
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
     pthread_mutex_lock(&s->metrics->mu);
     s->metrics->gen_tokens++;
     if (r->n_gen == 1) srv_hist_observe(&s->metrics->ttft, now - r->t_arrive);
@@ -309,6 +326,7 @@ static void *engine_main(void *arg) {
             pthread_cond_wait(&s->cv, &s->mu);
         }
         int quit = s->quit, kill = s->cancel_all;
+        uint64_t pokes = s->pokes;
         pthread_mutex_unlock(&s->mu);
         for (int i = 0; i < s->n_slots; i++) {
             srv_req *r = s->slots[i].req;
@@ -321,6 +339,7 @@ static void *engine_main(void *arg) {
         for (int i = 0; i < s->n_slots; i++) {
             srv_req *r = s->slots[i].req;
             if (!r || r->n_done_prompt < r->n_prompt) continue;
+            if (r->n_gen >= atomic_load_explicit(&r->allow, memory_order_acquire)) continue; /* tpm: wait */
             s->items[n_items] = (moe_batch_item){s->slots[i].seq, &r->last, 1, s->slots[i].logits};
             s->item_slot[n_items++] = i;
             n_tok++;
@@ -348,7 +367,21 @@ static void *engine_main(void *arg) {
             n_tok += n;
             n_prompt_tok += n;
         }
-        if (!n_items) continue;
+        if (!n_items) { /* every running request waits for tokens to be granted (tpm quota) */
+            pthread_mutex_lock(&s->mu);
+            if (s->pokes == pokes && !s->quit && !s->cancel_all) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 100 * 1000000L; /* a bound, in case a wake-up is missed */
+                if (ts.tv_nsec >= 1000000000L) {
+                    ts.tv_sec++;
+                    ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            }
+            pthread_mutex_unlock(&s->mu);
+            continue;
+        }
         double t0 = srv_now();
         moe_status st = moe_engine_step(s->eng, s->items, n_items);
         double dt = srv_now() - t0;
@@ -462,6 +495,7 @@ int srv_sched_submit(srv_sched *s, srv_req *r, int64_t queue_limit) {
 
 void srv_sched_poke(srv_sched *s) {
     pthread_mutex_lock(&s->mu);
+    s->pokes++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }

@@ -66,7 +66,16 @@ typedef struct conn {
     int64_t prompt_tokens, gen_tokens;
     const char *finish;
     moe_tenant_ticket tk; /* tenants (issue 9): who sent it, what the quota said */
+    int submitted;        /* req is in the scheduler (it will be marked done) */
+    double t_grant;       /* tpm quota: no more tokens are granted before this (srv_now) */
 } conn;
+
+/* tenants (issue 9): generated tokens are charged to the tenant's tokens-per-minute bucket
+ * GRANT_TOKENS at a time, before the engine may produce them (r->allow). A new grant is made
+ * when fewer than half a grant is left, unless the bucket is in debt: then not before the
+ * debt is paid back (t_grant). So a stream runs at most one grant ahead of its quota, and at
+ * the end the difference to what was really generated is charged or refunded. */
+#define GRANT_TOKENS 16
 
 static uint64_t mix64(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
@@ -143,6 +152,27 @@ static void cancel_req(moe_server *s, srv_req *r) {
     srv_sched_poke(s->sched);
 }
 
+/* 1 when the request should get more tokens now (tpm quota; see GRANT_TOKENS). */
+static int grant_due(const conn *k) {
+    const srv_req *r = k->req;
+    if (!k->s->gate || !k->tk.admitted || k->tk.limits.tpm <= 0 || !r) return 0;
+    int32_t allow = atomic_load(&((srv_req *)r)->allow), gen = atomic_load(&((srv_req *)r)->gen_pub);
+    return allow < r->max_tokens && allow - gen < GRANT_TOKENS / 2 && srv_now() >= k->t_grant;
+}
+
+/* Charge the next grant and let the engine use it. Call without r->mu. */
+static void grant(conn *k) {
+    srv_req *r = k->req;
+    int32_t allow = atomic_load(&r->allow);
+    if (allow == INT32_MAX) allow = 0; /* the first grant */
+    int32_t n = r->max_tokens - allow < GRANT_TOKENS ? r->max_tokens - allow : GRANT_TOKENS;
+    if (n <= 0) return;
+    double wait = moe_tenant_gate_charge(k->s->gate, &k->tk, n);
+    k->t_grant = srv_now() + wait;
+    atomic_store(&r->allow, allow + n);
+    srv_sched_poke(k->s->sched);
+}
+
 static const char *finish_name(srv_finish f) {
     return f == SRV_FINISH_STOP ? "stop" : f == SRV_FINISH_LENGTH ? "length" : f == SRV_FINISH_CANCEL ? "cancelled" : "error";
 }
@@ -211,8 +241,15 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             stream_fill(k, NULL, 0, 0);
             continue;
         }
+        if (grant_due(k)) grant(k); /* also while text flows, so the engine never waits for it */
         pthread_mutex_lock(&r->mu);
         while (!r->out.len && !r->done) {
+            if (grant_due(k)) { /* tpm quota: charge the next tokens (may call Redis: not under mu) */
+                pthread_mutex_unlock(&r->mu);
+                grant(k);
+                pthread_mutex_lock(&r->mu);
+                continue;
+            }
             struct timespec ts;
             abs_in(&ts, 20);
             pthread_cond_timedwait(&r->cv, &r->mu, &ts);
@@ -379,8 +416,10 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
     if (nomem || moe_sampler_init(&sp, s->V, &r->smp) || moe_tok_stream_init(s->tok, 0, &r->ts))
         return send_json(k, c, 503, NULL);
     k->prompt_tokens = n_prompt;
+    if (s->gate && k->tk.limits.tpm > 0) grant(k); /* the first tokens are charged before they are made */
 
     int rc = srv_sched_submit(s->sched, r, queue);
+    k->submitted = rc == 0;
     if (rc == 429) {
         srv_error_set(&e, 429, "rate_limit_error", "queue_full", NULL,
                       "The server is busy: %lld requests are waiting. Retry after %d s.", (long long)queue, retry_after);
@@ -405,6 +444,12 @@ static enum MHD_Result generate(conn *k, struct MHD_Connection *c) {
     }
     pthread_mutex_lock(&r->mu);
     while (!r->done) {
+        if (grant_due(k)) {
+            pthread_mutex_unlock(&r->mu);
+            grant(k);
+            pthread_mutex_lock(&r->mu);
+            continue;
+        }
         struct timespec ts;
         abs_in(&ts, 20);
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
@@ -568,6 +613,29 @@ static void access_log(moe_server *s, conn *k, enum MHD_RequestTerminationCode t
     free(line);
 }
 
+/* tenants (issue 9): charge exactly what the request used — the prompt tokens it processed
+ * (the rest is refunded) and the tokens it generated (the grants charged ahead are corrected)
+ * — and give the concurrency lease back. A cancelled request is waited for (the engine drops
+ * it before its next step) so that its last tokens are counted. */
+static void tenant_settle(moe_server *s, conn *k) {
+    srv_req *r = k->req;
+    int64_t gen = 0, prefilled = 0;
+    if (r && k->submitted) {
+        pthread_mutex_lock(&r->mu);
+        for (int i = 0; !r->done && i < 500; i++) { /* at most 10 s (one engine step) */
+            struct timespec ts;
+            abs_in(&ts, 20);
+            pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+        }
+        int done = r->done;
+        gen = done ? r->out_gen : atomic_load(&r->gen_pub);
+        prefilled = done ? r->out_prefilled : r->n_prompt;
+        pthread_mutex_unlock(&r->mu);
+    }
+    if (prefilled < k->tk.prompt) moe_tenant_gate_refund_prompt(s->gate, &k->tk, k->tk.prompt - prefilled);
+    moe_tenant_gate_finish(s->gate, &k->tk, gen);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     moe_server *s = cls;
     conn *k = *con_cls;
@@ -580,15 +648,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         pthread_mutex_unlock(&k->req->mu);
         if (!done) cancel_req(s, k->req);
     }
-    if (s->gate && k->tk.admitted) { /* tenants (issue 9): charge generated tokens, give the lease back */
-        int64_t gen = k->gen_tokens;
-        if (k->req) {
-            pthread_mutex_lock(&k->req->mu);
-            if (k->req->done && k->req->out_gen > gen) gen = k->req->out_gen;
-            pthread_mutex_unlock(&k->req->mu);
-        }
-        moe_tenant_gate_finish(s->gate, &k->tk, gen);
-    }
+    if (s->gate && k->tk.admitted) tenant_settle(s, k);
     int code = k->status;
     if (k->is_gen && k->status == 200 && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) code = 499;
     if (code) srv_metrics_code(&s->metrics, code);

@@ -115,6 +115,10 @@ typedef struct srv_req {
     double t_arrive;
     int32_t priority;   /* tenant's class (issue 9): higher is admitted first, with aging */
     atomic_int cancel;  /* set by the HTTP thread (client gone) or the drain */
+    /* tokens-per-minute quota (issue 9): the engine generates at most `allow` tokens (the HTTP
+     * thread raises it as it charges them; INT32_MAX without a quota) and publishes its count */
+    atomic_int allow;
+    atomic_int gen_pub; /* = n_gen, stored by the engine after each token */
     /* engine-private */
     int slot;
     int32_t n_done_prompt, n_gen, last;
@@ -128,6 +132,7 @@ typedef struct srv_req {
     int done, started;
     char errmsg[160];
     int32_t out_prompt, out_gen;
+    int32_t out_prefilled; /* prompt tokens processed before the end (< out_prompt if cancelled early) */
 } srv_req;
 
 srv_req *srv_req_new(void);
@@ -146,7 +151,7 @@ moe_status srv_sched_start(moe_model *m, const moe_tok *tok, const srv_sched_par
                            char *err, size_t errlen);
 /* Queue a request (takes a reference). 0 ok; 429 queue full; 503 draining. */
 int srv_sched_submit(srv_sched *s, srv_req *r, int64_t queue_limit);
-/* Wake the engine (after setting r->cancel). */
+/* Wake the engine (after setting r->cancel or raising r->allow). */
 void srv_sched_poke(srv_sched *s);
 /* Reject new requests from now on. */
 void srv_sched_close(srv_sched *s);

@@ -15,6 +15,13 @@
  * in the table: unknown, revoked and malformed keys take the same path and get the same 401.
  * Key material is never logged or stored; the ticket holds only the tenant's name and id.
  *
+ * Charging as used: the prompt is taken at admission; generated tokens are charged by the
+ * server in small grants ahead of use (moe_tenant_gate_charge answers how long the tenant's tpm
+ * bucket stays in debt, the wait before the next grant) and settled exactly by finish (unused
+ * grants and unprocessed prompt tokens are refunded). A charge the backend cannot take — a
+ * fail-open admission, or Redis gone mid-request — is kept per bucket (pend) and charged by the
+ * gate thread once the backend answers again (reconciliation).
+ *
  * Counter buckets: tenant id N uses "tN"; a per-model override "tN/m<fnv64 of the model>"
  * (own rate and concurrency counters, the tenant's budget).
  *
@@ -57,6 +64,14 @@ typedef struct udelta {
     int64_t req, prompt, compl, rej;
 } udelta;
 
+/* Tokens consumed while the backend could not be charged (fail-open admissions, charges
+ * that failed): one entry per counter bucket, charged by the gate thread once it answers. */
+typedef struct pend {
+    char bucket[96];
+    moe_quota_limits limits;
+    int64_t tokens;
+} pend;
+
 typedef struct mslot {
     int64_t id;
     char name[MOE_TENANT_NAME_MAX];
@@ -79,6 +94,9 @@ struct moe_tenant_gate {
     mslot *slots; /* (metrics_max + 1); [metrics_max] = "other" */
     int n_slots;
     uint64_t unauthorized, reloads;
+    pend *pd; /* unreconciled charges */
+    size_t n_pd, cap_pd;
+    int64_t pd_tokens;
     /* the thread */
     pthread_t th;
     int started, quit; /* quit: tmu */
@@ -231,6 +249,55 @@ static void reload_if_changed(moe_tenant_gate *g) {
     pthread_mutex_unlock(&g->mu);
 }
 
+/* Remember tokens the backend did not take (under no lock). */
+static void pend_add(moe_tenant_gate *g, const char *bucket, const moe_quota_limits *l, int64_t tokens) {
+    if (!tokens) return;
+    pthread_mutex_lock(&g->mu);
+    size_t j = 0;
+    while (j < g->n_pd && strcmp(g->pd[j].bucket, bucket)) j++;
+    if (j == g->n_pd) {
+        if (g->n_pd == g->cap_pd) {
+            size_t nc = g->cap_pd ? 2 * g->cap_pd : 16;
+            pend *np = realloc(g->pd, nc * sizeof *np);
+            if (!np) {
+                pthread_mutex_unlock(&g->mu);
+                return; /* out of memory: these tokens stay uncharged (usage still counts them) */
+            }
+            g->pd = np;
+            g->cap_pd = nc;
+        }
+        memset(&g->pd[j], 0, sizeof g->pd[j]);
+        snprintf(g->pd[j].bucket, sizeof g->pd[j].bucket, "%s", bucket);
+        g->n_pd++;
+    }
+    g->pd[j].limits = *l;
+    g->pd[j].tokens += tokens;
+    g->pd_tokens += tokens;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Charge what the backend missed, now that it may answer (gate thread). */
+static void reconcile(moe_tenant_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    pend *d = g->pd;
+    size_t n = g->n_pd;
+    g->pd = NULL;
+    g->n_pd = g->cap_pd = 0;
+    g->pd_tokens = 0;
+    pthread_mutex_unlock(&g->mu);
+    for (size_t i = 0; i < n; i++)
+        if (moe_quota_charge(g->q, d[i].bucket, &d[i].limits, d[i].tokens) != MOE_OK)
+            pend_add(g, d[i].bucket, &d[i].limits, d[i].tokens);
+    free(d);
+}
+
+int64_t moe_tenant_gate_unreconciled(moe_tenant_gate *g) {
+    pthread_mutex_lock(&g->mu);
+    int64_t n = g->pd_tokens;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
 static void *gate_main(void *arg) {
     moe_tenant_gate *g = arg;
     pthread_mutex_lock(&g->tmu);
@@ -248,6 +315,7 @@ static void *gate_main(void *arg) {
         if (g->quit) break;
         pthread_mutex_unlock(&g->tmu);
         reload_if_changed(g);
+        reconcile(g);
         moe_tenant_gate_flush(g);
         pthread_mutex_lock(&g->tmu);
     }
@@ -345,7 +413,9 @@ void moe_tenant_gate_close(moe_tenant_gate *g) {
         pthread_join(g->th, NULL);
     }
     if (g->db) moe_tenant_gate_flush(g);
+    if (g->q && g->n_pd) reconcile(g); /* a last try */
     moe_quota_close(g->q);
+    free(g->pd);
     moe_tenant_db_close(g->db);
     snap_free(g->s);
     free(g->ud);
@@ -482,20 +552,53 @@ moe_quota_verdict moe_tenant_gate_admit(moe_tenant_gate *g, moe_tenant_ticket *t
     snprintf(t->lease, sizeof t->lease, "%.47s", request_id ? request_id : "-");
     moe_quota_admit(g->q, t->bucket, &t->limits, prompt_tokens, t->lease, &t->res);
     t->admitted = t->res.verdict == MOE_QUOTA_OK;
+    t->prompt = t->admitted ? prompt_tokens : 0;
+    t->charged = 0;
+    /* admitted by fail-open: nothing was taken; the prompt is charged once the backend answers */
+    if (t->admitted && t->res.backend_error) pend_add(g, t->bucket, &t->limits, prompt_tokens);
     if (t->admitted) count(g, t, 1, prompt_tokens, 0, 0);
     else count(g, t, 0, 0, 0, (int)t->res.verdict);
     return t->res.verdict;
 }
 
+/* Charge n (may be negative) to t's counters; the tpm level after, or -1 when unknown. */
+static double charge(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t n) {
+    if (!n && t->limits.tpm <= 0) return -1;
+    if (t->res.backend_error) { /* fail-open: the backend has not seen this request at all */
+        pend_add(g, t->bucket, &t->limits, n);
+        return -1;
+    }
+    double left = -1;
+    if (moe_quota_charge_level(g->q, t->bucket, &t->limits, n, &left) != MOE_OK) {
+        pend_add(g, t->bucket, &t->limits, n);
+        return -1;
+    }
+    return left;
+}
+
+double moe_tenant_gate_charge(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t tokens) {
+    if (!t->admitted || t->finished) return 0;
+    double left = charge(g, t, tokens);
+    t->charged += tokens;
+    if (t->limits.tpm <= 0 || left >= 0 || t->res.backend_error) return 0;
+    return -left / ((double)t->limits.tpm / 60.0);
+}
+
+void moe_tenant_gate_refund_prompt(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t n) {
+    if (!t->admitted || t->finished || n <= 0) return;
+    if (n > t->prompt) n = t->prompt;
+    charge(g, t, -n);
+    t->prompt -= n;
+    count(g, t, 0, -n, 0, 0);
+}
+
 void moe_tenant_gate_finish(moe_tenant_gate *g, moe_tenant_ticket *t, int64_t completion_tokens) {
     if (!t->admitted || t->finished) return;
+    if (completion_tokens < 0) completion_tokens = 0;
+    if (completion_tokens != t->charged) charge(g, t, completion_tokens - t->charged); /* exact: what was used */
+    t->charged = completion_tokens;
     t->finished = 1;
-    if (t->res.backend_error) { /* admitted by fail-open: nothing was taken, nothing to give back */
-        count(g, t, 0, 0, completion_tokens, 0);
-        return;
-    }
-    if (completion_tokens > 0) moe_quota_charge(g->q, t->bucket, &t->limits, completion_tokens);
-    if (t->limits.concurrency > 0 || !strcmp(moe_quota_backend(g->q), "local"))
+    if (!t->res.backend_error && (t->limits.concurrency > 0 || !strcmp(moe_quota_backend(g->q), "local")))
         moe_quota_release(g->q, t->bucket, &t->limits, t->lease);
     count(g, t, 0, 0, completion_tokens, 0);
 }
@@ -631,6 +734,7 @@ char *moe_tenant_gate_metrics(moe_tenant_gate *g, size_t *len) {
     mslot *sl = malloc(((size_t)g->p.metrics_max + 1) * sizeof *sl);
     if (sl) memcpy(sl, g->slots, ((size_t)g->p.metrics_max + 1) * sizeof *sl);
     uint64_t unauth = g->unauthorized, reloads = g->reloads;
+    long long pd_tokens = (long long)g->pd_tokens;
     pthread_mutex_unlock(&g->mu);
     if (!sl) return NULL;
     const mslot *other = &sl[g->p.metrics_max];
@@ -674,6 +778,11 @@ char *moe_tenant_gate_metrics(moe_tenant_gate *g, size_t *len) {
            "%llu\n",
            (unsigned long long)unauth, (unsigned long long)reloads, moe_quota_backend(g->q), moe_quota_up(g->q),
            (unsigned long long)errors, g->p.fail_open ? "fail_open" : "fail_closed", (unsigned long long)policy);
+    tb_fmt(&b,
+           "# HELP moe_quota_unreconciled_tokens Tokens used but not yet charged to the quota backend (it was "
+           "unreachable); charged once it answers.\n# TYPE moe_quota_unreconciled_tokens gauge\n"
+           "moe_quota_unreconciled_tokens %lld\n",
+           pd_tokens);
     free(sl);
     if (b.oom) {
         free(b.p);

@@ -270,6 +270,66 @@ static void test_db_and_gate(const char *dir) {
     moe_tenant_db_close(db);
 }
 
+/* Tokens per minute charged as used (fake clock, so every level is exact): the prompt at
+ * admission, generated tokens in grants ahead of use, the difference settled at the end, an
+ * unprocessed prompt refunded; the wait a debt imposes. */
+static void test_charge_as_used(const char *dir) {
+    char path[512], key[64], hb[128];
+    snprintf(path, sizeof path, "%s/tpm.db", dir);
+    moe_tenant_db *db = open_db(path);
+    if (!db) return;
+    add(db, "meter", (moe_quota_limits){.tpm = 600}, 1, key); /* 10 tokens per second */
+    fake_clock clk = {1717000000.0};
+    moe_tenant_gate_params p = moe_tenant_gate_default_params();
+    p.db = path;
+    p.quota.clock = fake_now;
+    p.quota.clock_ctx = &clk;
+    moe_tenant_gate *g = NULL;
+    char err[256];
+    CHECK(moe_tenant_gate_open(&p, &g, err, sizeof err) == MOE_OK, "gate: %s", err);
+    if (!g) return;
+    moe_tenant_ticket t, u;
+    moe_tenant_gate_auth(g, bearer(key, hb, sizeof hb), &t);
+    CHECK(moe_tenant_gate_admit(g, &t, "tiny", 100, "a") == MOE_QUOTA_OK && t.res.remaining_tokens == 500, "prompt taken");
+    double w1 = moe_tenant_gate_charge(g, &t, 16), w2 = moe_tenant_gate_charge(g, &t, 16);
+    CHECK(w1 == 0 && w2 == 0 && t.charged == 32, "grants within the bucket: no wait");
+    moe_tenant_gate_finish(g, &t, 20); /* 20 generated: 12 of the 32 come back */
+    moe_tenant_gate_auth(g, bearer(key, hb, sizeof hb), &u);
+    CHECK(moe_tenant_gate_admit(g, &u, "tiny", 10, "b") == MOE_QUOTA_OK && u.res.remaining_tokens == 600 - 100 - 20 - 10,
+          "charged exactly 100 + 20 before: %g left", u.res.remaining_tokens);
+    moe_tenant_gate_refund_prompt(g, &u, 10); /* cancelled while queued */
+    moe_tenant_gate_finish(g, &u, 0);
+    /* a long stream: grants until the bucket is in debt, then a wait of debt / rate */
+    moe_tenant_gate_auth(g, bearer(key, hb, sizeof hb), &t);
+    moe_tenant_gate_admit(g, &t, "tiny", 1, "c"); /* level 480 − 1 = 479 */
+    double w = 0;
+    int grants = 0;
+    while (w == 0 && grants < 100) {
+        w = moe_tenant_gate_charge(g, &t, 16);
+        grants++;
+    }
+    CHECK(grants == 30 && fabs(w - 0.1) < 1e-9, "30 grants of 16 from 479 leave a debt of 1 token = 0.1 s: %d, %g s",
+          grants, w);
+    clk.t += 0.1;
+    CHECK(moe_tenant_gate_charge(g, &t, 16) > 0, "charging again at once is in debt again");
+    moe_tenant_gate_finish(g, &t, 100); /* cancelled after 100 tokens: 396 of the 496 charged come back */
+    clk.t += 0; /* same instant: level = 479 + 1 (refill over 0.1 s) − 100 */
+    moe_tenant_gate_auth(g, bearer(key, hb, sizeof hb), &u);
+    CHECK(moe_tenant_gate_admit(g, &u, "tiny", 1, "d") == MOE_QUOTA_OK && fabs(u.res.remaining_tokens - 379) < 1e-6,
+          "the cancelled stream is charged its 100 tokens: %g left (want 379)", u.res.remaining_tokens);
+    moe_tenant_gate_finish(g, &u, 0);
+    moe_tenant_gate_flush(g);
+    moe_tenant_usage *us = NULL;
+    size_t nu = 0;
+    CHECK(moe_tenant_usage_get(db, "meter", NULL, &us, &nu) == MOE_OK && nu == 1 && us[0].prompt_tokens == 102 &&
+              us[0].completion_tokens == 120,
+          "usage counts what was used: prompt %lld completion %lld", nu ? (long long)us[0].prompt_tokens : -1,
+          nu ? (long long)us[0].completion_tokens : -1);
+    free(us);
+    moe_tenant_gate_close(g);
+    moe_tenant_db_close(db);
+}
+
 static void test_priority_rule(void) {
     double a = 5.0;
     CHECK(moe_tenant_prio_score(3, 0, a) > moe_tenant_prio_score(1, 0, a), "higher class first");
@@ -282,6 +342,7 @@ int main(void) {
     char dir[256];
     tu_tmpdir(dir, sizeof dir);
     test_db_and_gate(dir);
+    test_charge_as_used(dir);
     test_priority_rule();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -11,3 +11,12 @@ if(MOE_NODE)
   set_tests_properties(tenant_serve PROPERTIES LABELS "tenant;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
                        TIMEOUT 240)
 endif()
+# tpm.mjs: tokens per minute charged as they are used — a long stream against a small quota is
+# throttled (local and Redis backends), a cancelled stream is charged exactly, fail-open
+# admissions are charged to Redis once it is back. About 15 s.
+if(MOE_NODE)
+  add_test(NAME tenant_tpm COMMAND ${MOE_NODE} --test-concurrency=1 ${CMAKE_SOURCE_DIR}/tests/tenant/tpm.mjs
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/tenant)
+  set_tests_properties(tenant_tpm PROPERTIES LABELS "tenant;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
+                       TIMEOUT 120)
+endif()
