@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -121,4 +122,26 @@ const char *cli_bytes(double b, char *buf, size_t n) {
     }
     snprintf(buf, n, "%.1f %s", b, u[i]);
     return buf;
+}
+
+void cli_progress_start(cli_progress *p, const char *what, int quiet) {
+    p->what = what;
+    p->t0 = p->last = cli_now();
+    p->tty = isatty(2);
+    p->quiet = quiet;
+}
+
+void cli_progress_update(cli_progress *p, const char *item, uint64_t done, uint64_t total) {
+    double now = cli_now();
+    if (p->quiet || (now - p->last < 0.5 && done < total)) return;
+    p->last = now;
+    char a[32], b[32];
+    double el = now - p->t0, eta = done ? el * (double)(total - done) / (double)done : 0;
+    fprintf(stderr, "%s%s: %-32.32s %s / %s (%.0f%%), %.0f s elapsed, ETA %.0f s%s", p->tty ? "\r" : "", p->what,
+            item ? item : "", cli_bytes((double)done, a, sizeof a), cli_bytes((double)total, b, sizeof b),
+            total ? 100.0 * (double)done / (double)total : 100.0, el, eta, p->tty ? "   " : "\n");
+}
+
+void cli_progress_end(cli_progress *p) {
+    if (p->tty && !p->quiet) fputc('\n', stderr);
 }

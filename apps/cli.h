@@ -18,6 +18,18 @@ int cli_ids(const char *cmd, const char *s, int32_t **out);
 int cli_ids_file(const char *cmd, const char *path, int32_t **out);
 /* Monotonic seconds. */
 double cli_now(void);
+/* A progress line on stderr for long work (init, convert, quantize): rewritten in place on a
+ * terminal, one line per update otherwise; at most two updates a second, plus the final one. */
+typedef struct cli_progress {
+    const char *what; /* "init", "convert", ... */
+    double t0, last;
+    int tty, quiet;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *what, int quiet);
+/* item: what is being worked on (may be NULL); done/total in bytes. */
+void cli_progress_update(cli_progress *p, const char *item, uint64_t done, uint64_t total);
+/* Ends the line on a terminal. */
+void cli_progress_end(cli_progress *p);
 /* "12.3 MB" style formatting into buf. */
 const char *cli_bytes(double bytes, char *buf, size_t n);
 

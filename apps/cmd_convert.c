@@ -1,7 +1,6 @@
 /* moe convert: import a Hugging Face DeepSeek-V2/V3 checkpoint directory into a deepseek2 GGUF. */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "cmds.h"
@@ -22,22 +21,10 @@ static void usage(FILE *f) {
             "  -q          no progress line\n");
 }
 
-typedef struct {
-    double t0, last;
-    int tty, quiet;
-} prog;
-
 static void progress(void *ud, int64_t i, int64_t n, const char *name, uint64_t done, uint64_t total) {
-    prog *p = ud;
-    double now = cli_now();
-    if (p->quiet || (now - p->last < 0.5 && i + 1 < n)) return;
-    p->last = now;
-    char a[32], b[32];
-    double el = now - p->t0, eta = done ? el * (double)(total - done) / (double)done : 0;
-    fprintf(stderr, "%sconvert: [%lld/%lld] %-32.32s %s / %s (%.0f%%), %.0f s, ETA %.0f s%s", p->tty ? "\r" : "",
-            (long long)(i + 1), (long long)n, name, cli_bytes((double)done, a, sizeof a),
-            cli_bytes((double)total, b, sizeof b), total ? 100.0 * (double)done / (double)total : 100.0, el, eta,
-            p->tty ? "   " : "\n");
+    char item[96];
+    snprintf(item, sizeof item, "[%lld/%lld] %s", (long long)(i + 1), (long long)n, name);
+    cli_progress_update(ud, item, done, total);
 }
 
 static void note(void *ud, const char *msg) {
@@ -48,7 +35,8 @@ static void note(void *ud, const char *msg) {
 int moe_cmd_convert(int argc, char **argv) {
     const char *dir = NULL, *out = NULL;
     moe_convert_params cp = moe_convert_default_params();
-    prog pr = {cli_now(), 0, isatty(2), 0};
+    cli_progress pr;
+    cli_progress_start(&pr, "convert", 0);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -81,7 +69,7 @@ int moe_cmd_convert(int argc, char **argv) {
     cp.ud = &pr;
     char err[1024];
     moe_status st = moe_convert(dir, out, &cp, err, sizeof err);
-    if (pr.tty && !pr.quiet) fprintf(stderr, "\n");
+    cli_progress_end(&pr);
     if (st) {
         fprintf(stderr, "moe convert: %s\n", err);
         return st == MOE_ERR_NOMEM || st == MOE_ERR_INTERNAL ? 2 : 1;

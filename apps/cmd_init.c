@@ -1,7 +1,6 @@
 /* moe init: write a random-weight deepseek2 model (presets or a JSON config). */
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "cmds.h"
@@ -22,22 +21,7 @@ static void usage(FILE *f) {
             "  -o OUT.gguf        output path\n");
 }
 
-typedef struct {
-    double t0, last;
-    int tty;
-} prog;
-
-static void progress(void *ud, uint64_t done, uint64_t total) {
-    prog *p = ud;
-    double now = cli_now();
-    if (now - p->last < 0.5 && done < total) return;
-    p->last = now;
-    char a[32], b[32];
-    double el = now - p->t0, eta = done ? el * (double)(total - done) / (double)done : 0;
-    fprintf(stderr, "%sinit: %s / %s (%.0f%%), %.0f s elapsed, ETA %.0f s%s", p->tty ? "\r" : "",
-            cli_bytes((double)done, a, sizeof a), cli_bytes((double)total, b, sizeof b),
-            total ? 100.0 * (double)done / (double)total : 100.0, el, eta, p->tty ? "   " : "\n");
-}
+static void progress(void *ud, uint64_t done, uint64_t total) { cli_progress_update(ud, NULL, done, total); }
 
 int moe_cmd_init(int argc, char **argv) {
     const char *preset = NULL, *config = NULL, *vocab = NULL, *out = NULL, *dtype = NULL;
@@ -79,9 +63,10 @@ int moe_cmd_init(int argc, char **argv) {
     }
     if (seed >= 0) cfg.seed = (uint64_t)seed;
     if (moe_init_validate(&cfg, err, sizeof err)) return cli_fail("init", "invalid model shape: %s", err);
-    prog p = {cli_now(), cli_now(), isatty(2)};
+    cli_progress p;
+    cli_progress_start(&p, "init", 0);
     moe_status st = moe_init_write(&cfg, vocab, out, progress, &p, err, sizeof err);
-    if (p.tty) fputc('\n', stderr);
+    cli_progress_end(&p);
     if (st) {
         fprintf(stderr, "moe init: %s\n", err);
         return st == MOE_ERR_INTERNAL || st == MOE_ERR_NOMEM ? 2 : 1;

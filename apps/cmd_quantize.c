@@ -2,7 +2,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "cmds.h"
@@ -22,8 +21,8 @@ static void usage(FILE *f) {
 }
 
 typedef struct {
-    double t0, last;
-    int tty, quiet, all;
+    cli_progress pr; /* first: the progress callback gets the state */
+    int all;
     uint64_t bytes_in, bytes_out, bytes_q;
     double se, sv;
     int64_t n_elem, n_quant;
@@ -35,13 +34,7 @@ typedef struct {
 
 static void progress(void *ud, int64_t i, int64_t n, const char *name, uint64_t done, uint64_t total) {
     state *p = ud;
-    double now = cli_now();
-    if (p->quiet || p->all || (now - p->last < 0.5 && done < total)) return;
-    p->last = now;
-    char a[32], b[32];
-    fprintf(stderr, "%squantize: %-32.32s %s / %s (%.0f%%), %.0f s%s", p->tty ? "\r" : "", name,
-            cli_bytes((double)done, a, sizeof a), cli_bytes((double)total, b, sizeof b),
-            total ? 100.0 * (double)done / (double)total : 100.0, now - p->t0, p->tty ? "   " : "\n");
+    if (!p->all) cli_progress_update(&p->pr, name, done, total);
 }
 
 static void report(void *ud, const moe_quant_report *r) {
@@ -76,8 +69,7 @@ int moe_cmd_quantize(int argc, char **argv) {
     int n_pos = 0;
     long long threads = 0;
     state s = {0};
-    s.t0 = cli_now();
-    s.tty = isatty(2);
+    cli_progress_start(&s.pr, "quantize", 0);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -85,7 +77,7 @@ int moe_cmd_quantize(int argc, char **argv) {
             return 0;
         }
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            s.quiet = 1;
+            s.pr.quiet = 1;
             continue;
         }
         if (!strcmp(a, "--report")) {
@@ -114,7 +106,7 @@ int moe_cmd_quantize(int argc, char **argv) {
     qp.ud = &s;
     char err[1024];
     moe_status st = moe_quantize(pos[0], pos[1], &qp, err, sizeof err);
-    if (s.tty && !s.quiet && !s.all) fprintf(stderr, "\n");
+    if (!s.all) cli_progress_end(&s.pr);
     if (st) {
         fprintf(stderr, "moe quantize: %s\n", err);
         return st == MOE_ERR_NOMEM || st == MOE_ERR_INTERNAL ? 2 : 1;
@@ -122,7 +114,7 @@ int moe_cmd_quantize(int argc, char **argv) {
     char a[32], b[32];
     printf("quantize: %s -> %s (%s): %s -> %s (%.2f bits/weight over requantized tensors), %.1f s\n", pos[0], pos[1],
            moe_dtype_name(qp.type), cli_bytes((double)s.bytes_in, a, sizeof a), cli_bytes((double)s.bytes_out, b, sizeof b),
-           s.n_elem ? 8.0 * (double)s.bytes_q / (double)s.n_elem : 0.0, cli_now() - s.t0);
+           s.n_elem ? 8.0 * (double)s.bytes_q / (double)s.n_elem : 0.0, cli_now() - s.pr.t0);
     printf("quantize: %lld tensors requantized, overall RMS error %.3e (%.3f%% of the weights' RMS)\n",
            (long long)s.n_quant, s.n_elem ? sqrt(s.se / (double)s.n_elem) : 0.0, s.sv > 0 ? 100 * sqrt(s.se / s.sv) : 0.0);
     for (int k = 0; k < 5 && s.worst[k].rel > 0; k++)

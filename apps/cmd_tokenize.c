@@ -2,23 +2,14 @@
  * tokenizer. Thin over include/moe/tok.h. Exit 0 ok, 1 user error (one line), 2 internal. */
 #include <errno.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "cmds.h"
 #include "moe/tok.h"
 
-static int fail(const char *cmd, const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "moe %s: ", cmd);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    return 1;
-}
 
 static void tok_usage(FILE *f) {
     fprintf(f,
@@ -46,12 +37,12 @@ static void detok_usage(FILE *f) {
 
 static int load(const char *cmd, const char *path, moe_gguf **g, moe_tok **t) {
     char err[512];
-    if (!path) return fail(cmd, "no model given (-m MODEL)");
-    if (moe_gguf_open(path, g, err, sizeof err)) return fail(cmd, "%s: %s", path, err);
+    if (!path) return cli_fail(cmd, "no model given (-m MODEL)");
+    if (moe_gguf_open(path, g, err, sizeof err)) return cli_fail(cmd, "%s: %s", path, err);
     moe_status st = moe_tok_init_from_gguf(*g, t, err, sizeof err);
     if (st) {
         moe_gguf_close(*g);
-        return st == MOE_ERR_NOMEM ? (fprintf(stderr, "moe %s: out of memory\n", cmd), 2) : fail(cmd, "%s: %s", path, err);
+        return st == MOE_ERR_NOMEM ? (fprintf(stderr, "moe %s: out of memory\n", cmd), 2) : cli_fail(cmd, "%s: %s", path, err);
     }
     return 0;
 }
@@ -89,7 +80,7 @@ static int hexval(int c) {
 
 static int run_jsonl(const moe_tok *t, const char *path, unsigned flags) {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail("tokenize", "%s: %s", path, strerror(errno));
+    if (!f) return cli_fail("tokenize", "%s: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t ll;
@@ -102,7 +93,7 @@ static int run_jsonl(const moe_tok *t, const char *path, unsigned flags) {
         json_error_t je;
         json_t *o = json_loadb(line, (size_t)ll, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
         if (!o) {
-            rc = fail("tokenize", "%s:%ld: %s", path, lineno, je.text);
+            rc = cli_fail("tokenize", "%s:%ld: %s", path, lineno, je.text);
             break;
         }
         unsigned fl = flags;
@@ -128,13 +119,13 @@ static int run_jsonl(const moe_tok *t, const char *path, unsigned flags) {
             }
             if (!own) {
                 json_decref(o);
-                rc = fail("tokenize", "%s:%ld: bad text_hex", path, lineno);
+                rc = cli_fail("tokenize", "%s:%ld: bad text_hex", path, lineno);
                 break;
             }
             txt = own;
         } else {
             json_decref(o);
-            rc = fail("tokenize", "%s:%ld: expected a JSON string or an object with \"text\"", path, lineno);
+            rc = cli_fail("tokenize", "%s:%ld: expected a JSON string or an object with \"text\"", path, lineno);
             break;
         }
         if (json_is_object(o)) {
@@ -171,7 +162,7 @@ int moe_cmd_tokenize(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--jsonl") || !strcmp(a, "-f") ||
                    !strcmp(a, "--file")) {
-            if (i + 1 >= argc) return fail("tokenize", "option %s needs a value", a);
+            if (i + 1 >= argc) return cli_fail("tokenize", "option %s needs a value", a);
             const char *v = argv[++i];
             if (a[1] == 'm' || !strcmp(a, "--model")) model = v;
             else if (!strcmp(a, "--jsonl")) jsonl = v;
@@ -183,17 +174,17 @@ int moe_cmd_tokenize(int argc, char **argv) {
         } else if (!strcmp(a, "--byte-exact")) {
             flags |= MOE_TOK_BYTE_EXACT;
         } else if (a[0] == '-' && a[1] && strcmp(a, "--")) {
-            return fail("tokenize", "unknown option '%s' (try --help)", a);
+            return cli_fail("tokenize", "unknown option '%s' (try --help)", a);
         } else {
             if (!strcmp(a, "--")) {
                 if (i + 1 >= argc) break;
                 a = argv[++i];
             }
-            if (text) return fail("tokenize", "more than one TEXT argument (quote the text)");
+            if (text) return cli_fail("tokenize", "more than one TEXT argument (quote the text)");
             text = a;
         }
     }
-    if (!!text + !!jsonl + !!file != 1) return fail("tokenize", "give exactly one of TEXT, --jsonl FILE or -f FILE");
+    if (!!text + !!jsonl + !!file != 1) return cli_fail("tokenize", "give exactly one of TEXT, --jsonl FILE or -f FILE");
     moe_gguf *g;
     moe_tok *t;
     int rc = load("tokenize", model, &g, &t);
@@ -206,7 +197,7 @@ int moe_cmd_tokenize(int argc, char **argv) {
         if (file) {
             FILE *f = !strcmp(file, "-") ? stdin : fopen(file, "rb");
             if (!f) {
-                rc = fail("tokenize", "%s: %s", file, strerror(errno));
+                rc = cli_fail("tokenize", "%s: %s", file, strerror(errno));
                 goto done;
             }
             buf = read_all(f, &len);
@@ -276,7 +267,7 @@ int moe_cmd_detokenize(int argc, char **argv) {
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--ids")) {
             if (i + 1 >= argc) {
                 free(ids);
-                return fail("detokenize", "option %s needs a value", a);
+                return cli_fail("detokenize", "option %s needs a value", a);
             }
             const char *v = argv[++i];
             if (strcmp(a, "--ids")) {
@@ -289,7 +280,7 @@ int moe_cmd_detokenize(int argc, char **argv) {
             continue;
         } else if (a[0] == '-' && !(a[1] >= '0' && a[1] <= '9')) {
             free(ids);
-            return fail("detokenize", "unknown option '%s' (try --help)", a);
+            return cli_fail("detokenize", "unknown option '%s' (try --help)", a);
         }
         const char *bad = NULL;
         int r = parse_ids(a, &ids, &n, &cap, &bad);
@@ -299,14 +290,14 @@ int moe_cmd_detokenize(int argc, char **argv) {
             return 2;
         }
         if (r) {
-            rc = fail("detokenize", "'%s' is not a token id", bad);
+            rc = cli_fail("detokenize", "'%s' is not a token id", bad);
             free(ids);
             return rc;
         }
     }
     if (!n) {
         free(ids);
-        return fail("detokenize", "no token ids given (IDS... or --ids 1,2,3)");
+        return cli_fail("detokenize", "no token ids given (IDS... or --ids 1,2,3)");
     }
     moe_gguf *g;
     moe_tok *t;
@@ -317,7 +308,7 @@ int moe_cmd_detokenize(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= moe_tok_n_vocab(t)) {
-            rc = fail("detokenize", "token id %d is out of range (vocabulary has %d tokens)", ids[i], moe_tok_n_vocab(t));
+            rc = cli_fail("detokenize", "token id %d is out of range (vocabulary has %d tokens)", ids[i], moe_tok_n_vocab(t));
             goto done;
         }
     char *out = NULL;
