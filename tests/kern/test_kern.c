@@ -69,12 +69,12 @@ static void test_w8a8(void) {
     printf("quant_act: all levels bit-identical to ref (random, denormal, huge, zero blocks, ties)\n");
     /* integer products: every level vs ref bit for bit, and vs float64 */
     int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0};
-    int64_t ins[] = {32, 96, 2048};
-    int Ts[] = {1, 3, 5, 9};
+    int64_t ins[] = {32, 96, 1056, 2048}; /* 1056: 33 blocks, a partial chunk of the GEMM form */
+    int Ts[] = {1, 2, 3, 5, 9}; /* 1-2: the 16-row decode form, 3+: the transposed GEMM form */
     static uint8_t wq[45 * 2176];
     static float y0[9 * 45], y1[9 * 45];
     for (size_t k = 0; k < 2; k++)
-        for (size_t ii = 0; ii < 3; ii++) {
+        for (size_t ii = 0; ii < 4; ii++) {
             int t = types[k];
             int64_t in = ins[ii], OUT = 45;
             size_t rb = moe_dtype_row_bytes(t, in);
@@ -91,7 +91,7 @@ static void test_w8a8(void) {
             if (t == MOE_DTYPE_Q8_0)
                 for (int64_t b = 0; b < in / 32; b++) memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
             moe_wview w = {wq, t, in, OUT, rb};
-            for (size_t q = 0; q < 4; q++) {
+            for (size_t q = 0; q < 5; q++) {
                 int T = Ts[q];
                 fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
                 for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
@@ -122,7 +122,7 @@ static void test_w8a8(void) {
                 moe_kern_set_level(top);
             }
         }
-    printf("mmq q8_0/q4_0: levels 1..%d bit-identical to ref (in 32/96/2048, T 1/3/5/9, 45 rows, -128, denormal scales)\n", top);
+    printf("mmq q8_0/q4_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
     /* matmul with W8A8: threads do not change results, and it equals quant_act + mmq_rows */
     moe_pool *pool = moe_pool_init(3);
     const int64_t IN = 256, OUT = 100, T = 7;
@@ -160,6 +160,52 @@ static void test_w8a8(void) {
         free(scratch);
     }
     moe_pool_free(pool);
+}
+
+/* moe_kern_matmul_set: a set of products (mixed types, shared and distinct inputs, tiny and
+ * large) in one job equals each product run alone, bit for bit, for 1..4 threads and for a
+ * workspace so small that the set runs in pieces. */
+static void test_set(void) {
+    enum { NP = 7, IN = 256, OUTMAX = 100, T = 3 };
+    static float W[OUTMAX * IN], X[3][T * IN], Y[NP][T * OUTMAX], R[NP][T * OUTMAX];
+    static uint8_t Q[NP][OUTMAX * IN * 4];
+    static moe_q8a XQ[NP * T * (IN / 32)];
+    const int types[NP] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q8_0, MOE_DTYPE_F32, MOE_DTYPE_Q4_0, MOE_DTYPE_F16, MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0};
+    const int outs[NP] = {100, 64, 40, 8, 33, 100, 16};
+    const int xs[NP] = {0, 0, 0, 1, 1, 2, 1}; /* products 0-2 share input 0, 3/4/6 input 1 */
+    for (int i = 0; i < OUTMAX * IN; i++) W[i] = frand();
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < T * IN; i++) X[k][i] = frand() * (float)(k + 1);
+    moe_wview w[NP];
+    moe_kern_prod p[NP];
+    float *scratch = malloc(sizeof(float) * 4 * moe_kern_scratch_floats(IN));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(IN), XQ, NP * T * (IN / 32)};
+    for (int k = 0; k < NP; k++) {
+        size_t rb = moe_dtype_row_bytes(types[k], IN);
+        for (int o = 0; o < outs[k]; o++) moe_dtype_quant_row(types[k], W + ((o * 7 + k) % OUTMAX) * IN, Q[k] + o * rb, IN);
+        w[k] = (moe_wview){Q[k], types[k], IN, outs[k], rb};
+        p[k] = (moe_kern_prod){&w[k], X[xs[k]], IN, Y[k], outs[k], T};
+        moe_kern_matmul(NULL, &w[k], X[xs[k]], IN, R[k], outs[k], T, &ws);
+    }
+    int ok = 1;
+    for (int nth = 1; nth <= 4; nth++) {
+        moe_pool *pool = moe_pool_init(nth);
+        for (int cap = 0; cap < 2; cap++) {
+            /* cap 1: room for one input at a time, so the set is split into pieces */
+            moe_kern_ws w2 = ws;
+            if (cap) w2.xq_cap = T * (IN / 32);
+            memset(Y, 0, sizeof Y);
+            moe_kern_matmul_set(pool, p, NP, &w2);
+            for (int k = 0; k < NP; k++) {
+                int same = memcmp(Y[k], R[k], sizeof(float) * T * (size_t)outs[k]) == 0;
+                CHECK(same, "set: product %d (%s) differs from alone, %d threads, small ws %d", k, moe_dtype_name(types[k]), nth, cap);
+                ok &= same;
+            }
+        }
+        moe_pool_free(pool);
+    }
+    free(scratch);
+    if (ok) printf("matmul_set: 7 products (q8_0/q4_0/f32/f16, shared inputs) == alone, 1-4 threads, split workspace\n");
 }
 
 /* K-quants compute through the row dequantizer: the product equals float64 over dtype.c's rows */
@@ -276,6 +322,7 @@ int main(void) {
     moe_pool_free(pool);
 
     test_w8a8();
+    test_set();
     test_kquants();
 
     /* rmsnorm, softmax, swiglu against their formulas */

@@ -217,6 +217,84 @@ mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t l
     return o - o0;
 }
 
+/* T >= 3 (prefill, expert groups, batched decode), 16 rows per pass: a chunk of up to GK blocks
+ * of the 16 rows is transposed once into column form on the stack (col[c] lane j = bytes
+ * 4c..4c+3 of row j's block, 16 KB) with the rows' scales as floats, then every group of 8
+ * tokens runs over the chunk with 8 vpdpbusd zmm per token and block (activation dword c
+ * broadcast) and no shuffles at all. Between chunks the running sums wait in y (a float store
+ * and reload is exact), so each (row, token) still sees the ref's sequence of fmas. */
+#define GK 32
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static int64_t
+mmq_vnni_gemm16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32;
+    const int q8 = w->type == MOE_DTYPE_Q8_0;
+    const size_t bb = q8 ? 34 : 18;
+    const int32_t bias = q8 ? 128 : 8;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i ilo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), ihi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    __m512i colbuf[GK * 8];
+    __m512 dwbuf[GK];
+    int64_t o = o0;
+    for (; o + 16 <= o1; o += 16) {
+        const uint8_t *r[16];
+        for (int i = 0; i < 16; i++) r[i] = w->data + (size_t)(o + i) * w->row_bytes;
+        for (int64_t b0 = 0; b0 < nb; b0 += GK) {
+            const int nbk = nb - b0 < GK ? (int)(nb - b0) : GK;
+            for (int bk = 0; bk < nbk; bk++) {
+                const size_t off = (size_t)(b0 + bk) * bb;
+                dwbuf[bk] = _mm512_cvtph_ps(_mm256_setr_epi16(
+                    ld16(r[0] + off), ld16(r[1] + off), ld16(r[2] + off), ld16(r[3] + off), ld16(r[4] + off),
+                    ld16(r[5] + off), ld16(r[6] + off), ld16(r[7] + off), ld16(r[8] + off), ld16(r[9] + off),
+                    ld16(r[10] + off), ld16(r[11] + off), ld16(r[12] + off), ld16(r[13] + off), ld16(r[14] + off),
+                    ld16(r[15] + off)));
+                __m512i in[8];
+                for (int i = 0; i < 8; i++) {
+                    __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
+                    __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q4_unpack(r[i + 8] + off + 2);
+                    in[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    if (q8) in[i] = _mm512_xor_si512(in[i], flip);
+                }
+                /* 8×8 dword transpose in each 256-bit half (rows 0-7 low, 8-15 high), as transpose8 */
+                __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
+                __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
+                __m512i a4 = _mm512_unpacklo_epi32(in[4], in[5]), a5 = _mm512_unpackhi_epi32(in[4], in[5]);
+                __m512i a6 = _mm512_unpacklo_epi32(in[6], in[7]), a7 = _mm512_unpackhi_epi32(in[6], in[7]);
+                __m512i c0 = _mm512_unpacklo_epi64(a0, a2), c1 = _mm512_unpackhi_epi64(a0, a2);
+                __m512i c2 = _mm512_unpacklo_epi64(a1, a3), c3 = _mm512_unpackhi_epi64(a1, a3);
+                __m512i c4 = _mm512_unpacklo_epi64(a4, a6), c5 = _mm512_unpackhi_epi64(a4, a6);
+                __m512i c6 = _mm512_unpacklo_epi64(a5, a7), c7 = _mm512_unpackhi_epi64(a5, a7);
+                __m512i *col = colbuf + bk * 8;
+                col[0] = _mm512_permutex2var_epi64(c0, ilo, c4);
+                col[1] = _mm512_permutex2var_epi64(c1, ilo, c5);
+                col[2] = _mm512_permutex2var_epi64(c2, ilo, c6);
+                col[3] = _mm512_permutex2var_epi64(c3, ilo, c7);
+                col[4] = _mm512_permutex2var_epi64(c0, ihi, c4);
+                col[5] = _mm512_permutex2var_epi64(c1, ihi, c5);
+                col[6] = _mm512_permutex2var_epi64(c2, ihi, c6);
+                col[7] = _mm512_permutex2var_epi64(c3, ihi, c7);
+            }
+            for (int64_t t0 = 0; t0 < T; t0 += 8) {
+                const int nt = T - t0 < 8 ? (int)(T - t0) : 8;
+                __m512 acc[8];
+                for (int k = 0; k < nt; k++) acc[k] = b0 ? _mm512_loadu_ps(y + (t0 + k) * ldy + o) : _mm512_setzero_ps();
+                for (int bk = 0; bk < nbk; bk++) {
+                    const __m512i *col = colbuf + bk * 8;
+                    const __m512 dw = dwbuf[bk];
+                    for (int k = 0; k < nt; k++) {
+                        const moe_q8a *a = xq + (t0 + k) * nb + b0 + bk;
+                        const int32_t *xd = (const int32_t *)(const void *)a->q;
+                        __m512i s = _mm512_set1_epi32(-bias * a->s);
+                        for (int c = 0; c < 8; c++) s = _mm512_dpbusd_epi32(s, col[c], _mm512_set1_epi32(xd[c]));
+                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), acc[k]);
+                    }
+                }
+                for (int k = 0; k < nt; k++) _mm512_storeu_ps(y + (t0 + k) * ldy + o, acc[k]);
+            }
+        }
+    }
+    return o - o0;
+}
+
 #define TV 8 /* tokens per pass, VNNI form (32 ymm registers) */
 
 /* Two ways to the same exact integer sums (lanes = the 8 rows):
@@ -232,7 +310,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     const int32_t bias = q8 ? 128 : 8;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     int64_t o = o0;
-    if (T <= 2) o += mmq_vnni16(w, xq, T, y, ldy, o0, o1);
+    o += T <= 2 ? mmq_vnni16(w, xq, T, y, ldy, o0, o1) : mmq_vnni_gemm16(w, xq, T, y, ldy, o0, o1);
     for (; o + 8 <= o1; o += 8) {
         const uint8_t *r[8];
         for (int i = 0; i < 8; i++) r[i] = w->data + (size_t)(o + i) * w->row_bytes;
