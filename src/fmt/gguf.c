@@ -23,15 +23,13 @@
  *   | data section
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/mapfile.h"
 #include "moe/gguf.h"
 
 #define GGUF_MAX_LEN (1ull << 30) /* longest string / array llama.cpp accepts */
@@ -493,38 +491,18 @@ moe_status moe_gguf_open_mem(const void *buf, size_t len, moe_gguf **out, char *
 
 moe_status moe_gguf_open(const char *path, moe_gguf **out, char *err, size_t errlen) {
     *out = NULL;
-    /* O_NONBLOCK: opening a FIFO must not hang; it is rejected as not a regular file below */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        if (err) snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
-        return MOE_ERR_IO;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        if (err) snprintf(err, errlen, "'%s' is not a regular file", path);
-        close(fd);
-        return MOE_ERR_IO;
-    }
+    const void *base;
+    size_t size;
+    moe_status st0 = moe_map_file(path, &base, &size, err, errlen);
+    if (st0) return st0;
     moe_gguf *g = calloc(1, sizeof *g);
     if (!g) {
-        close(fd);
+        moe_unmap_file(base, size);
         return MOE_ERR_NOMEM;
     }
-    g->size = (uint64_t)sb.st_size;
-    if (g->size) {
-        void *p = mmap(NULL, g->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            if (err) snprintf(err, errlen, "cannot mmap '%s': %s", path, strerror(errno));
-            close(fd);
-            free(g);
-            return MOE_ERR_IO;
-        }
-        g->base = p;
-        g->mapped = 1;
-    } else {
-        g->base = (const uint8_t *)"";
-    }
-    close(fd);
+    g->base = base;
+    g->size = size;
+    g->mapped = 1;
     char e2[256];
     moe_status st = open_common(g, out, e2, sizeof e2);
     if (st && err) snprintf(err, errlen, "%s: %s", path, e2);
@@ -537,7 +515,7 @@ void moe_gguf_close(moe_gguf *g) {
     free(g->kv);
     free(g->tensor);
     free(g->hash);
-    if (g->mapped) munmap((void *)g->base, g->size);
+    if (g->mapped) moe_unmap_file(g->base, g->size);
     free(g);
 }
 

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "moe/dtype.h"
+#include "core/mapfile.h"
 #include "moe/safetensors.h"
 
 static const struct {
@@ -216,7 +217,7 @@ out:
 
 void moe_st_close(moe_st *f) {
     if (!f) return;
-    if (f->mapped && f->size) munmap((void *)f->base, f->size);
+    if (f->mapped) moe_unmap_file(f->base, f->size);
     free(f->t);
     free(f->by_name);
     free(f->meta);
@@ -241,35 +242,18 @@ moe_status moe_st_open_mem(const void *buf, size_t len, moe_st **out, char *err,
 
 moe_status moe_st_open(const char *path, moe_st **out, char *err, size_t errlen) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        if (err) snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
-        return MOE_ERR_IO;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        if (err) snprintf(err, errlen, "'%s' is not a regular file", path);
-        close(fd);
-        return MOE_ERR_IO;
-    }
+    const void *base;
+    size_t size;
+    moe_status st0 = moe_map_file(path, &base, &size, err, errlen);
+    if (st0) return st0;
     moe_st *f = calloc(1, sizeof *f);
     if (!f) {
-        close(fd);
+        moe_unmap_file(base, size);
         return MOE_ERR_NOMEM;
     }
-    f->size = (size_t)sb.st_size;
+    f->base = base;
+    f->size = size;
     f->mapped = 1;
-    if (f->size) {
-        void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            if (err) snprintf(err, errlen, "cannot mmap '%s': %s", path, strerror(errno));
-            close(fd);
-            free(f);
-            return MOE_ERR_IO;
-        }
-        f->base = p;
-    }
-    close(fd);
     char e2[480];
     moe_status st = parse(f, e2, sizeof e2);
     if (st) {
