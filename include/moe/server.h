@@ -51,6 +51,8 @@ typedef struct moe_server_params {
     char quota_fail[16];         /* Redis unreachable: "open" or "closed" */
     double priority_aging;       /* seconds of waiting worth one priority class */
     int64_t tenant_metrics;      /* tenants with their own metrics label */
+    char admin_tenant[64];       /* with tenants: whose keys may read /metrics and /admin/config */
+    int64_t admin_loopback;      /* with tenants: 1 = loopback clients may too, without a key */
 } moe_server_params;
 
 typedef enum moe_setting_type {

@@ -131,6 +131,100 @@ static enum MHD_Result fail(conn *k, struct MHD_Connection *c, int status, const
     return send_error(k, c, &e, -1);
 }
 
+/* ---- operator endpoints (tenants, issue 9) ----
+ * With --tenants, /metrics (per-tenant usage) and /admin/config are for the operator only, so
+ * that no tenant can read another's usage: a client on the loopback interface (unless
+ * admin_loopback is 0) or one with a key of the admin_tenant. Everyone else gets the same 401
+ * as an unknown key. Without --tenants they stay open, as before. */
+static int peer_loopback(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr) return 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return 0;
+}
+
+static int operator_ok(conn *k, struct MHD_Connection *c) {
+    moe_server *s = k->s;
+    if (!s->gate) return 1;
+    if (s->p.admin_loopback && peer_loopback(c)) return 1;
+    moe_tenant_ticket t;
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    return s->p.admin_tenant[0] && moe_tenant_gate_auth(s->gate, auth, &t) == MOE_OK &&
+           !strcmp(t.name, s->p.admin_tenant);
+}
+
+/* ---- /admin/config: the settings table as JSON; PUT applies reloadable settings ----
+ * GET answers {"settings": [{"name", "value", "type", "reloadable", "help"}, ...]} from the one
+ * settings table. PUT takes {"name": value, ...}: every name must be a reloadable setting and
+ * every value pass the table's bounds (moe_server_setting_set); all are checked on a copy
+ * first, then applied together like a SIGHUP reload (nothing changes if one is wrong: 400
+ * naming it). Who may: the operator (see operator_ok); without --tenants, loopback clients. */
+static json_t *setting_value(const moe_setting *t, const moe_server_params *p) {
+    const char *f = (const char *)p + t->offset;
+    if (t->type == MOE_SETTING_INT) return json_integer((json_int_t) * (const int64_t *)f);
+    if (t->type == MOE_SETTING_FLOAT) return json_real(*(const double *)f);
+    return json_string(f);
+}
+
+static enum MHD_Result admin_config(conn *k, struct MHD_Connection *c, int get) {
+    moe_server *s = k->s;
+    size_t n;
+    const moe_setting *t = moe_server_settings(&n);
+    pthread_mutex_lock(&s->pmu);
+    moe_server_params cur = s->p;
+    pthread_mutex_unlock(&s->pmu);
+    if (!get) {
+        json_error_t je;
+        json_t *in = k->body.len ? json_loadb(k->body.p, k->body.len, 0, &je) : NULL;
+        char err[400] = "";
+        const char *bad = NULL;
+        moe_server_params np = cur;
+        if (!json_is_object(in)) snprintf(err, sizeof err, "Send a JSON object of reloadable settings, e.g. {\"queue\": 32}.");
+        const char *key;
+        json_t *v;
+        json_object_foreach(in, key, v) {
+            if (err[0]) break;
+            bad = key;
+            size_t i = 0;
+            while (i < n && strcmp(t[i].name, key)) i++;
+            char text[1100];
+            if (i == n) snprintf(err, sizeof err, "Unknown setting '%.100s'.", key);
+            else if (!t[i].reloadable)
+                snprintf(err, sizeof err, "Setting '%s' cannot change while the server runs (restart it).", key);
+            else if (json_is_integer(v)) snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
+            else if (json_is_real(v)) snprintf(text, sizeof text, "%.17g", json_real_value(v));
+            else if (json_is_string(v)) snprintf(text, sizeof text, "%s", json_string_value(v));
+            else snprintf(err, sizeof err, "Setting '%s' needs a number or a string.", key);
+            if (!err[0] && moe_server_setting_set(&np, key, text, err, sizeof err) != MOE_OK && !err[0])
+                snprintf(err, sizeof err, "Bad value for '%s'.", key);
+        }
+        if (err[0]) {
+            json_decref(in);
+            srv_error e;
+            srv_error_set(&e, 400, NULL, "invalid_value", bad, "%s", err);
+            return send_error(k, c, &e, -1);
+        }
+        json_decref(in);
+        moe_server_reload(s, &np);
+        cur = np;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:o,s:s,s:b,s:s}", "name", t[i].name, "value", setting_value(&t[i], &cur),
+                                             "type", t[i].type == MOE_SETTING_INT ? "int" : t[i].type == MOE_SETTING_FLOAT ? "number" : "string",
+                                             "reloadable", t[i].reloadable, "help", t[i].help));
+    json_t *o = arr ? json_pack("{s:o}", "settings", arr) : NULL;
+    char *out = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    return send_json(k, c, 200, out);
+}
+
 /* ---- client liveness ---- */
 
 static int client_gone(int fd) {
@@ -548,6 +642,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (!strcmp(url, "/metrics")) {
         if (!get) return fail(k, c, 405, NULL, "method_not_allowed", NULL, "Use GET for this endpoint.");
+        if (!operator_ok(k, c)) {
+            moe_tenant_gate_count_unauthorized(s->gate);
+            return send_json(k, c, 401, moe_tenant_gate_unauthorized());
+        }
         srv_buf b = {0};
         if (srv_metrics_render(&s->metrics, &b)) {
             srv_buf_free(&b);
@@ -562,6 +660,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         enum MHD_Result rc = send_buf(k, c, 200, "text/plain; version=0.0.4; charset=utf-8", b.p ? b.p : "", b.len, -1);
         srv_buf_free(&b);
         return rc;
+    }
+    if (!strcmp(url, "/admin/config")) {
+        int put = !strcmp(method, "PUT");
+        if (!get && !put) return fail(k, c, 405, NULL, "method_not_allowed", NULL, "Use GET or PUT for this endpoint.");
+        if (s->gate ? !operator_ok(k, c) : !peer_loopback(c)) {
+            if (s->gate) moe_tenant_gate_count_unauthorized(s->gate);
+            if (s->gate) return send_json(k, c, 401, moe_tenant_gate_unauthorized());
+            return fail(k, c, 403, NULL, "forbidden", NULL, "/admin/config answers loopback clients only.");
+        }
+        return admin_config(k, c, get);
     }
     if (!strcmp(url, "/v1/models")) {
         if (!get) return fail(k, c, 405, NULL, "method_not_allowed", NULL, "Use GET for this endpoint.");

@@ -48,6 +48,8 @@ static const moe_setting k_settings[] = {
     {"quota_fail",         S, 0, 0,             "closed",      OFF(quota_fail),         0, "when Redis is unreachable: open = admit without quota checks, closed = refuse with 503"},
     {"priority_aging",     F, 0.001, 86400,     "5",           OFF(priority_aging),     0, "seconds of queueing worth one priority class (no class starves)"},
     {"tenant_metrics",     I, 0, 10000,         "32",          OFF(tenant_metrics),     0, "tenants with their own metrics label; the rest are tenant=\"other\""},
+    {"admin_tenant",       S, 0, 0,             "",            OFF(admin_tenant),       0, "with tenants: the tenant whose keys may read /metrics and /admin/config (empty = none)"},
+    {"admin_loopback",     I, 0, 1,             "1",           OFF(admin_loopback),     0, "with tenants: 1 = clients on 127.0.0.1/::1 may read /metrics and /admin/config without a key"},
 };
 /* clang-format on */
 #undef I

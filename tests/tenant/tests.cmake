@@ -20,3 +20,11 @@ if(MOE_NODE)
   set_tests_properties(tenant_tpm PROPERTIES LABELS "tenant;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
                        TIMEOUT 120)
 endif()
+# security.mjs: no tenant sees another's usage through any endpoint, error or header (/metrics
+# and /admin/config are the operator's); no key material in logs, metrics or the database.
+if(MOE_NODE)
+  add_test(NAME tenant_security COMMAND ${MOE_NODE} --test-concurrency=1 ${CMAKE_SOURCE_DIR}/tests/tenant/security.mjs
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests/tenant)
+  set_tests_properties(tenant_security PROPERTIES LABELS "tenant;integration;network" ENVIRONMENT "${MOE_TEST_ENV}"
+                       TIMEOUT 120)
+endif()
