@@ -152,7 +152,7 @@ int main(int argc, char **argv) {
     moe_tenant t = {0};
     snprintf(t.name, sizeof t.name, "bench");
     t.priority = 1;
-    t.limits = (moe_quota_limits){.rps = 1e9, .burst = 1e9, .tpm = (int64_t)1e15, .concurrency = 1000, .budget = (int64_t)1e15};
+    t.limits = (moe_quota_limits){.rps = 1e8, .burst = 1e8, .tpm = (int64_t)1e15, .concurrency = 1000, .budget = (int64_t)1e15};
     if (moe_tenant_add(d, &t, key, sizeof key)) {
         fprintf(stderr, "bench_gateway: %s\n", moe_tenant_db_errmsg(d));
         return 1;

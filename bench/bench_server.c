@@ -16,6 +16,8 @@
  * one pseudo-random token per stream (the LCG of `moe bench`) and sampling is temperature 1 with
  * a seed per stream, so the tokens fed back are as random as `moe bench`'s and a step selects as
  * many distinct experts (identical greedy streams would share experts and flatter the server).
+ * --temperature 0 samples greedily (an argmax over the vocabulary); at temperature > 0 without top_k
+ * moe_sampler sorts the whole vocabulary per token (src/sample/sample.c), on the engine thread.
  * The server's figure includes what a user pays: HTTP, JSON, tokenization, scheduling, sampling,
  * detokenization and SSE, and any step that runs before every stream has joined the batch.
  *
@@ -41,6 +43,8 @@
 
 #define MAX_STREAMS 256
 #define MAX_LEVELS 16
+
+static double g_temperature = 1.0; /* --temperature */
 
 static double now_s(void) {
     struct timespec ts;
@@ -131,9 +135,9 @@ static void *client_main(void *arg) {
     int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
     char body[256], req[512];
     int bl = snprintf(body, sizeof body,
-                      "{\"prompt\":[%d],\"max_tokens\":%d,\"ignore_eos\":true,\"temperature\":1,\"seed\":%u,"
+                      "{\"prompt\":[%d],\"max_tokens\":%d,\"ignore_eos\":true,\"temperature\":%g,\"seed\":%u,"
                       "\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
-                      c->tok, c->n_tokens, c->seed);
+                      c->tok, c->n_tokens, g_temperature, c->seed);
     int rl = snprintf(req, sizeof req,
                       "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
@@ -243,6 +247,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-t") && v) threads = atoi(argv[++i]);
         else if (!strcmp(a, "-n") && v) n = atoi(argv[++i]);
         else if (!strcmp(a, "-r") && v) reps = atoi(argv[++i]);
+        else if (!strcmp(a, "--temperature") && v) g_temperature = atof(argv[++i]);
         else if (!strcmp(a, "--moe") && v) moe = argv[++i];
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--streams") && v) {
@@ -253,7 +258,7 @@ int main(int argc, char **argv) {
                 else break;
             }
         } else {
-            fprintf(stderr, "usage: bench_server -m MODEL [-t THREADS=2] [-n TOKENS=32] [-r REPS=2] [--streams 1,4,16] "
+            fprintf(stderr, "usage: bench_server -m MODEL [-t THREADS=2] [-n TOKENS=32] [-r REPS=2] [--temperature 1] [--streams 1,4,16] "
                             "[--moe PATH (default: moe next to this program)] [--json]\n");
             return 2;
         }
