@@ -70,7 +70,10 @@ test("SIGTERM with a short shutdown timeout cancels what is left and exits 0", a
 });
 
 test("ready is 503 while draining", async () => {
-  const srv = await startServer(model, ["--parallel", "1", "--ctx", "4096", "--shutdown-timeout", "5", "--access-log", ""]);
+  // the stream must outlive the 100 ms below: 400 tokens of the tiny model took ~80 ms on a quiet
+  // machine (ECONNREFUSED: the server had drained and exited); 4000 take ~0.8 s at full speed
+  const srv = await startServer(model, ["--parallel", "1", "--ctx", "4096", "--max-tokens", "4000", "--shutdown-timeout",
+    "60", "--access-log", ""]);
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const get = (p) => new Promise((resolve, reject) => {
     const req = http.request({ host: "127.0.0.1", port: srv.port, path: p, agent }, (res) => {
@@ -82,7 +85,7 @@ test("ready is 503 while draining", async () => {
   });
   assert.equal(await get("/ready"), 200);
   const client = new OpenAI({ baseURL: srv.base + "/v1", apiKey: "unused", maxRetries: 0 });
-  const s = await client.completions.create({ model: "tiny", prompt: "go", max_tokens: 400, stream: true, ignore_eos: true });
+  const s = await client.completions.create({ model: "tiny", prompt: "go", max_tokens: 4000, stream: true, ignore_eos: true });
   const it = s[Symbol.asyncIterator]();
   await it.next();
   srv.child.kill("SIGTERM");
