@@ -1,4 +1,8 @@
-/* moekit sample: temperature / top-k / top-p sampling (see moe/sample.h). */
+/* moekit sample: temperature / top-k / top-p sampling (see moe/sample.h).
+ *
+ * Cost per token is O(V) in every mode: top-k keeps a sorted array of k by insertion, plain
+ * temperature sampling draws from the unnormalised weights in index order, and top-p without
+ * top-k selects a growing top-m (quickselect) until it holds the nucleus and sorts only that. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +75,27 @@ static int by_logit_desc(const void *a, const void *b) {
     return x->id - y->id;
 }
 
+/* Quickselect: afterwards c[0..m) hold the m largest logits (in no particular order). O(n). */
+static void select_top(cand *c, int32_t n, int32_t m) {
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = c[lo + (hi - lo) / 2].logit;
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (c[i].logit > pivot) i++;
+            while (c[j].logit < pivot) j--;
+            if (i <= j) {
+                cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        if (m - 1 <= j) hi = j;
+        else if (m - 1 >= i) lo = i;
+        else break;
+    }
+}
+
 int32_t moe_sampler_sample(moe_sampler *s, const float *logits) {
     const int32_t V = s->n_vocab;
     if (s->p.temp <= 0.0f) {
@@ -81,6 +106,8 @@ int32_t moe_sampler_sample(moe_sampler *s, const float *logits) {
     }
     int32_t n;
     int32_t k = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : 0;
+    float mx = logits[0];
+    for (int32_t i = 1; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
     if (k) {
         /* keep the k largest in a sorted (descending) array by insertion */
         n = 0;
@@ -101,21 +128,38 @@ int32_t moe_sampler_sample(moe_sampler *s, const float *logits) {
             s->c[i].id = i;
         }
         n = V;
-        qsort(s->c, (size_t)n, sizeof(cand), by_logit_desc);
     }
-    /* softmax at temperature over the candidates (sorted, so c[0] is the max) */
+    /* weights exp((l - max) / T) over the candidates */
     double sum = 0.0;
-    float mx = s->c[0].logit;
     for (int32_t i = 0; i < n; i++) {
         s->c[i].logit = expf((s->c[i].logit - mx) / s->p.temp);
         sum += s->c[i].logit;
     }
-    /* top-p: smallest prefix whose mass reaches p */
+    /* top-p: the smallest set of most likely tokens whose mass reaches p. Without top-k the
+     * candidates are unsorted: select the top m (m growing 4x) until their mass reaches p, then
+     * sort only those, so a typical nucleus costs O(V) instead of a sort of the vocabulary. */
     if (s->p.top_p < 1.0f) {
+        double want = (double)s->p.top_p * sum;
+        if (!k) {
+            for (int32_t m = 64;; m *= 4) {
+                if (m >= n) {
+                    qsort(s->c, (size_t)n, sizeof(cand), by_logit_desc);
+                    break;
+                }
+                select_top(s->c, n, m);
+                double mass = 0.0;
+                for (int32_t i = 0; i < m; i++) mass += s->c[i].logit;
+                if (mass >= want) {
+                    qsort(s->c, (size_t)m, sizeof(cand), by_logit_desc);
+                    n = m;
+                    break;
+                }
+            }
+        }
         double acc = 0.0;
         for (int32_t i = 0; i < n; i++) {
-            acc += s->c[i].logit / sum;
-            if (acc >= s->p.top_p) {
+            acc += s->c[i].logit;
+            if (acc >= want) {
                 n = i + 1;
                 break;
             }

@@ -62,6 +62,45 @@ int main(void) {
     CHECK(ok, "top-p 0.5 stays in the nucleus (cut %.1f)", cut);
     moe_sampler_free(s);
 
+    /* top-p without top-k on large vocabularies (the partial-selection path): every draw lies in
+     * the nucleus a full sort defines, for nuclei of a few, hundreds and thousands of tokens */
+    static const float steep[] = {2000.0f, 100.0f, 3.0f};
+    for (int c = 0; c < 3; c++) {
+        enum { BV = 20000 };
+        static float lg[BV];
+        static int order[BV];
+        uint64_t x = 99 + (uint64_t)c;
+        for (int i = 0; i < BV; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lg[i] = steep[c] * (float)((double)(x >> 11) * 0x1.0p-53);
+            order[i] = i;
+        }
+        /* reference nucleus: sort indices by logit, take the prefix reaching 0.9 of the mass */
+        for (int i = 1; i < BV; i++) { /* insertion sort is fine: done once per case */
+            int v = order[i], j = i;
+            while (j > 0 && lg[order[j - 1]] < lg[v]) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = v;
+        }
+        double zz = 0, acc2 = 0;
+        float mxl = lg[order[0]];
+        for (int i = 0; i < BV; i++) zz += exp(lg[i] - mxl);
+        int nucleus = 0;
+        while (nucleus < BV && acc2 < 0.9 * zz) acc2 += exp(lg[order[nucleus++]] - mxl);
+        float cutoff = lg[order[nucleus - 1]];
+        p = (moe_sampler_params){1.0f, 0.9f, 0, 5};
+        moe_sampler_init(&p, BV, &s);
+        ok = 1;
+        for (int i = 0; i < 300; i++) ok &= lg[moe_sampler_sample(s, lg)] >= cutoff;
+        moe_sampler_free(s);
+        printf("top-p 0.9 over %d tokens: nucleus of %d, every draw inside: %s\n", BV, nucleus, ok ? "yes" : "no");
+        CHECK(ok, "top-p draws stay in a nucleus of %d", nucleus);
+    }
+
     /* reproducible with a seed */
     int seq1[20], seq2[20];
     for (int r = 0; r < 2; r++) {
