@@ -10,6 +10,7 @@
  * types dequantize tiles of MOE_KERN_TILE rows to F32 once per tile and reuse them for all T
  * tokens. Threads take contiguous ranges of whole tiles; the result of every (row, token) is
  * computed by one thread in a fixed order, so it does not depend on the thread count. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -191,9 +192,10 @@ void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float
 /* ---- sets of products, one pool job ----
  * Cost model for the row split: a tile of MOE_KERN_TILE rows of a product with input length
  * `in` over T tokens costs in·(8 + T) (streaming its weights ≈ 8 token-passes of arithmetic).
- * Thread ith takes the tiles whose cumulative cost starts in [C·ith/nth, C·(ith+1)/nth), so the
- * split is a pure function of the shapes (and results never depend on it: each (row, token)
- * is computed whole by one thread). */
+ * The cost range [0, C) is cut into 8 chunks per thread; threads take chunks from a shared
+ * counter (tiles whose cumulative cost starts in the chunk), so a thread the OS preempts on a
+ * loaded machine does not hold up the job: the others take its chunks. Results never depend on
+ * who takes what: each (row, token) is computed whole by one thread in a fixed order. */
 typedef struct {
     const moe_kern_prod *p;
     int n, nq;
@@ -202,6 +204,8 @@ typedef struct {
     int64_t start[MOE_KERN_MAX_PRODS + 1];     /* cumulative cost before product k */
     int qp[MOE_KERN_MAX_PRODS];                /* distinct W8A8 inputs: the product that owns each */
     int64_t qrow[MOE_KERN_MAX_PRODS + 1];      /* cumulative token rows of the distinct inputs */
+    int64_t n_chunk;
+    _Alignas(64) _Atomic int64_t next_chunk;
 } set_job;
 
 static int64_t tile_cost(const moe_kern_prod *p) { return p->w->in * (8 + p->T); }
@@ -220,9 +224,8 @@ static void set_quant_worker(void *arg, int ith, int nth) {
     }
 }
 
-static void set_worker(void *arg, int ith, int nth) {
-    set_job *j = arg;
-    const int64_t C = j->start[j->n], lo = C * ith / nth, hi = C * (ith + 1) / nth;
+/* tiles of chunk [lo, hi) of the cost range */
+static void set_chunk(set_job *j, int64_t lo, int64_t hi, int ith) {
     for (int k = 0; k < j->n; k++) {
         if (j->start[k + 1] <= lo || j->start[k] >= hi) continue;
         const moe_kern_prod *p = &j->p[k];
@@ -236,6 +239,17 @@ static void set_worker(void *arg, int ith, int nth) {
         else
             moe_kern_matmul_rows(p->w, p->x, p->ldx, p->y, p->ldy, p->T, o0, o1,
                                  j->ws->scratch + (size_t)ith * j->ws->per_thread);
+    }
+}
+
+static void set_worker(void *arg, int ith, int nth) {
+    set_job *j = arg;
+    const int64_t C = j->start[j->n], N = j->n_chunk;
+    (void)nth;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed);
+        if (c >= N) break;
+        set_chunk(j, C * c / N, C * (c + 1) / N, ith);
     }
 }
 
@@ -279,6 +293,9 @@ static void run_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_ker
         else
             set_quant_worker(&j, 0, 1);
     }
+    j.n_chunk = par ? 8 * (int64_t)moe_pool_n_threads(pool) : 1;
+    if (j.n_chunk > tiles) j.n_chunk = tiles > 0 ? tiles : 1;
+    atomic_init(&j.next_chunk, 0);
     /* tiny sets (a router, one small head slice) are not worth a hand-off */
     if (!par || tiles < 2)
         set_worker(&j, 0, 1);
