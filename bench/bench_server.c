@@ -1,8 +1,9 @@
 /* bench_server: the server's own overhead on generation throughput (issue 5).
  *
  * Measures, in one run and with the same model, threads and token counts:
- *   engine  `moe bench -m MODEL -p 0 -n N -t T -r 1 --batch S1,S2,... --json`: S sequences
- *           decode N tokens each through moe_engine_step (the batch[].tg figures);
+ *   engine  `moe bench -m MODEL -p 0 -n N -t T -r 3 --batch S1,S2,... --json`: S sequences
+ *           decode N tokens each through moe_engine_step (the batch[].tg figures, median of 3:
+ *           the weights the run touches are mapped in by then);
  *   server  the real `moe serve -m MODEL --threads T --parallel S --batch S` (started fresh for
  *           each S on a free 127.0.0.1 port) with S concurrent streaming clients, each asking
  *           /v1/completions for N tokens (ignore_eos, so every stream makes exactly N) and
@@ -12,12 +13,15 @@
  * are measured back to back, -r times (default 2), and the best of each is kept.
  *
  * Fairness: both sides run N steps per N tokens (the engine's first, untimed step is the page-in
- * of the caches; the server's first token comes out of its one-token prefill step). Prompts are
+ * of the caches; the server's first token comes out of its one-token prefill step), and both are
+ * measured warm: the server gets one untimed round of the same streams first, as `moe bench`
+ * warms up (a fresh process maps each expert's pages on first use; timing that against a warm
+ * engine measured page faults, not the server). Prompts are
  * one pseudo-random token per stream (the LCG of `moe bench`) and sampling is temperature 1 with
  * a seed per stream, so the tokens fed back are as random as `moe bench`'s and a step selects as
  * many distinct experts (identical greedy streams would share experts and flatter the server).
- * --temperature 0 samples greedily (an argmax over the vocabulary); at temperature > 0 without top_k
- * moe_sampler sorts the whole vocabulary per token (src/sample/sample.c), on the engine thread.
+ * --temperature 0 samples greedily (an argmax over the vocabulary); at temperature > 0 the sampler
+ * costs O(V) per token on the engine thread (src/sample/sample.c).
  * The server's figure includes what a user pays: HTTP, JSON, tokenization, scheduling, sampling,
  * detokenization and SSE, and any step that runs before every stream has joined the batch.
  *
@@ -218,7 +222,7 @@ static int engine_figures(const char *moe, const char *model, int threads, int n
     char cmd[2048], list[256] = "";
     for (int i = 0; i < n_levels; i++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", levels[i]);
-    snprintf(cmd, sizeof cmd, "'%s' bench -m '%s' -p 0 -n %d -t %d -r 1 --batch %s --json", moe, model, n, threads, list);
+    snprintf(cmd, sizeof cmd, "'%s' bench -m '%s' -p 0 -n %d -t %d -r 3 --batch %s --json", moe, model, n, threads, list);
     fprintf(stderr, "bench_server: %s\n", cmd);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
@@ -307,6 +311,7 @@ int main(int argc, char **argv) {
             child c;
             if (serve_start(moe, model, threads, levels[i], n + 16, &c)) return 1;
             int bad = 0;
+            run_streams(c.port, levels[i], n, toks, &bad); /* warm-up round, untimed */
             double v = run_streams(c.port, levels[i], n, toks, &bad);
             failures += bad;
             int code = serve_stop(&c);
