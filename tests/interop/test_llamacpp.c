@@ -4,7 +4,8 @@
  * ../shared/vectors); tests/interop/llama_probs.mjs runs it (CPU, F32 KV cache, flash attention
  * off) and writes its next-token probabilities at every position. For models written by
  * `moe init` (every variant of the spec and every dtype), `moe quantize`, `moe experts prune` and
- * `moe convert` (from a Hugging Face checkpoint with the real DeepSeek-V3 tokenizer),
+ * `moe convert` (from a Hugging Face checkpoint with the real DeepSeek-V3 tokenizer) and
+ * `moe train` (the bundled default model),
  * this test compares them with moekit's: KL(llama.cpp || moekit) mean over positions and argmax
  * agreement. F32 files must agree to float rounding; for F16/BF16/Q8_0/Q4 files llama.cpp rounds
  * activations before its matrix products (spec deepseek2.md §4.14), which on random weights
@@ -176,5 +177,10 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s convert %s -o %s --dtype f32 > /dev/null 2>&1", g_bin, hf, out);
     CHECK(run(cmd) == 0, "moe convert");
     compare("converted-hf", out, 1e-9, 1.0);
+
+    /* the bundled default model: trained and exported by moe train (F32 export) */
+    char def[1024];
+    snprintf(def, sizeof def, "%s/models/default.gguf", g_src);
+    compare("default-model", def, 1e-9, 1.0);
     return test_done();
 }
