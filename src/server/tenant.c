@@ -218,28 +218,30 @@ moe_status moe_tenant_get(moe_tenant_db *db, const char *name, moe_tenant *out) 
     return rc;
 }
 
-moe_status moe_tenant_list(moe_tenant_db *db, moe_tenant **out, size_t *n) {
-    *out = NULL;
-    *n = 0;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db->db, "SELECT " TENANT_COLS " FROM tenants ORDER BY name", -1, &st, NULL) != SQLITE_OK)
-        return db_fail(db, "list");
+/* Step `st` to its end, appending one `elem`-byte row per result (filled by `fill`) to a growing
+ * malloc'd array; finalizes st. On failure *out is NULL and *n 0. */
+static moe_status collect_rows(moe_tenant_db *db, sqlite3_stmt *st, size_t elem, void (*fill)(sqlite3_stmt *, void *),
+                               void **out, size_t *n, const char *what) {
     size_t cap = 0;
     moe_status rc = MOE_OK;
     int s;
+    *out = NULL;
+    *n = 0;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
         if (*n == cap) {
             cap = cap ? cap * 2 : 16;
-            moe_tenant *nt = realloc(*out, cap * sizeof *nt);
-            if (!nt) {
+            void *nb = realloc(*out, cap * elem);
+            if (!nb) {
                 rc = MOE_ERR_NOMEM;
                 break;
             }
-            *out = nt;
+            *out = nb;
         }
-        row_tenant(st, &(*out)[(*n)++]);
+        void *row = (char *)*out + (*n)++ * elem;
+        memset(row, 0, elem);
+        fill(st, row);
     }
-    if (rc == MOE_OK && s != SQLITE_DONE) rc = db_fail(db, "list");
+    if (rc == MOE_OK && s != SQLITE_DONE) rc = db_fail(db, what);
     sqlite3_finalize(st);
     if (rc) {
         free(*out);
@@ -247,6 +249,17 @@ moe_status moe_tenant_list(moe_tenant_db *db, moe_tenant **out, size_t *n) {
         *n = 0;
     }
     return rc;
+}
+
+static void fill_tenant(sqlite3_stmt *st, void *row) { row_tenant(st, row); }
+
+moe_status moe_tenant_list(moe_tenant_db *db, moe_tenant **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db->db, "SELECT " TENANT_COLS " FROM tenants ORDER BY name", -1, &st, NULL) != SQLITE_OK)
+        return db_fail(db, "list");
+    return collect_rows(db, st, sizeof **out, fill_tenant, (void **)out, n, "list");
 }
 
 static moe_status exec_named(moe_tenant_db *db, const char *sql, const char *name, const char *what) {
@@ -326,6 +339,16 @@ moe_status moe_tenant_override_set(moe_tenant_db *db, const char *name, const ch
     return s == SQLITE_DONE ? MOE_OK : db_fail(db, "override");
 }
 
+static void fill_override(sqlite3_stmt *st, void *row) {
+    moe_tenant_override *o = row;
+    o->tenant_id = sqlite3_column_int64(st, 0);
+    snprintf(o->model, sizeof o->model, "%s", (const char *)sqlite3_column_text(st, 1));
+    o->limits.rps = sqlite3_column_double(st, 2);
+    o->limits.burst = sqlite3_column_double(st, 3);
+    o->limits.tpm = sqlite3_column_int64(st, 4);
+    o->limits.concurrency = sqlite3_column_int64(st, 5);
+}
+
 moe_status moe_tenant_overrides(moe_tenant_db *db, moe_tenant_override **out, size_t *n) {
     *out = NULL;
     *n = 0;
@@ -333,36 +356,7 @@ moe_status moe_tenant_overrides(moe_tenant_db *db, moe_tenant_override **out, si
     if (sqlite3_prepare_v2(db->db, "SELECT tenant_id, model, rps, burst, tpm, concurrency FROM overrides", -1, &st,
                            NULL) != SQLITE_OK)
         return db_fail(db, "overrides");
-    size_t cap = 0;
-    moe_status rc = MOE_OK;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 8;
-            moe_tenant_override *no = realloc(*out, cap * sizeof *no);
-            if (!no) {
-                rc = MOE_ERR_NOMEM;
-                break;
-            }
-            *out = no;
-        }
-        moe_tenant_override *o = &(*out)[(*n)++];
-        memset(o, 0, sizeof *o);
-        o->tenant_id = sqlite3_column_int64(st, 0);
-        snprintf(o->model, sizeof o->model, "%s", (const char *)sqlite3_column_text(st, 1));
-        o->limits.rps = sqlite3_column_double(st, 2);
-        o->limits.burst = sqlite3_column_double(st, 3);
-        o->limits.tpm = sqlite3_column_int64(st, 4);
-        o->limits.concurrency = sqlite3_column_int64(st, 5);
-    }
-    if (rc == MOE_OK && s != SQLITE_DONE) rc = db_fail(db, "overrides");
-    sqlite3_finalize(st);
-    if (rc) {
-        free(*out);
-        *out = NULL;
-        *n = 0;
-    }
-    return rc;
+    return collect_rows(db, st, sizeof **out, fill_override, (void **)out, n, "overrides");
 }
 
 moe_status moe_tenant_usage_add(moe_tenant_db *db, int64_t tenant_id, const char *month, int64_t requests,
@@ -388,6 +382,16 @@ moe_status moe_tenant_usage_add(moe_tenant_db *db, int64_t tenant_id, const char
     return s == SQLITE_DONE ? MOE_OK : db_fail(db, "usage");
 }
 
+static void fill_usage(sqlite3_stmt *st, void *row) {
+    moe_tenant_usage *u = row;
+    snprintf(u->name, sizeof u->name, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(u->month, sizeof u->month, "%s", (const char *)sqlite3_column_text(st, 1));
+    u->requests = sqlite3_column_int64(st, 2);
+    u->prompt_tokens = sqlite3_column_int64(st, 3);
+    u->completion_tokens = sqlite3_column_int64(st, 4);
+    u->rejected = sqlite3_column_int64(st, 5);
+}
+
 moe_status moe_tenant_usage_get(moe_tenant_db *db, const char *name, const char *month, moe_tenant_usage **out,
                                 size_t *n) {
     *out = NULL;
@@ -402,36 +406,7 @@ moe_status moe_tenant_usage_get(moe_tenant_db *db, const char *name, const char 
         return db_fail(db, "usage");
     if (name) sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     if (month) sqlite3_bind_text(st, 2, month, -1, SQLITE_STATIC);
-    size_t cap = 0;
-    moe_status rc = MOE_OK;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 16;
-            moe_tenant_usage *nu = realloc(*out, cap * sizeof *nu);
-            if (!nu) {
-                rc = MOE_ERR_NOMEM;
-                break;
-            }
-            *out = nu;
-        }
-        moe_tenant_usage *u = &(*out)[(*n)++];
-        memset(u, 0, sizeof *u);
-        snprintf(u->name, sizeof u->name, "%s", (const char *)sqlite3_column_text(st, 0));
-        snprintf(u->month, sizeof u->month, "%s", (const char *)sqlite3_column_text(st, 1));
-        u->requests = sqlite3_column_int64(st, 2);
-        u->prompt_tokens = sqlite3_column_int64(st, 3);
-        u->completion_tokens = sqlite3_column_int64(st, 4);
-        u->rejected = sqlite3_column_int64(st, 5);
-    }
-    if (rc == MOE_OK && s != SQLITE_DONE) rc = db_fail(db, "usage");
-    sqlite3_finalize(st);
-    if (rc) {
-        free(*out);
-        *out = NULL;
-        *n = 0;
-    }
-    return rc;
+    return collect_rows(db, st, sizeof **out, fill_usage, (void **)out, n, "usage");
 }
 
 /* For the gate: the raw handle (same thread rules). */
