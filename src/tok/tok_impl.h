@@ -107,4 +107,26 @@ int moe_utf8_put(uint32_t cp, uint8_t *out);
 /* tok.c helpers reused by vocab.c */
 void moe_tok_byte_to_unicode(uint8_t b, uint8_t *out, int *len);
 
+/* ---- learned byte-level BPE vocabularies (vocab.c; used by the built-in vocabulary and by
+ * `moe train`). Layout: 0 BOS, 1 EOS, 2..257 the byte symbols, then merge results, then
+ * <｜User｜>, <｜Assistant｜> (CONTROL), then optional [PADn] (UNUSED). ---- */
+typedef struct moe_strvec {
+    char **s;      /* owned, NUL-terminated copies */
+    uint64_t *len;
+    size_t n, cap;
+} moe_strvec;
+int moe_strvec_add(moe_strvec *v, const char *s, size_t len); /* 0 or -1 (out of memory) */
+void moe_strvec_free(moe_strvec *v);
+/* Learn merges on text[0..len) (deepseek-v3 pre-tokenizer) until tok has n_merged_to entries or no
+ * pair is left: BOS, EOS and the byte symbols are added first, the chat specials after.
+ * by_paragraph: pre-tokenize each "\n\n"-ended paragraph on its own (large texts); max_word:
+ * skip longer pieces (0 = no limit). Ties go to the smaller (left, right) id pair. */
+moe_status moe_tok_bpe_learn(const char *text, size_t len, int by_paragraph, size_t max_word, size_t n_merged_to,
+                             moe_strvec *tok, moe_strvec *mer);
+/* Write the tokenizer.* keys of such a vocabulary (entries from n_real on are [PADn], UNUSED),
+ * with chat_template (NULL: the built-in vocabulary's DeepSeek-V3 template). */
+struct moe_gguf_writer;
+moe_status moe_tok_write_vocab_keys(struct moe_gguf_writer *w, const moe_strvec *tok, size_t n_real,
+                                    const moe_strvec *mer, const char *chat_template);
+
 #endif

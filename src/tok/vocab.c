@@ -55,19 +55,13 @@ static const char k_text[] =
     "Yes! Also quotes, 'single' and \"double\", and dashes - like this - or lists: one, two, "
     "three. The end.\n";
 
-typedef struct tvec {
-    char **s;
-    size_t *len;
-    size_t n, cap;
-} tvec;
-
-static int tvec_add(tvec *v, const char *s, size_t len) {
+int moe_strvec_add(moe_strvec *v, const char *s, size_t len) {
     if (v->n == v->cap) {
         size_t cap = v->cap ? 2 * v->cap : 1024;
         char **a = realloc(v->s, cap * sizeof *a);
         if (!a) return -1;
         v->s = a;
-        size_t *l = realloc(v->len, cap * sizeof *l);
+        uint64_t *l = realloc(v->len, cap * sizeof *l);
         if (!l) return -1;
         v->len = l;
         v->cap = cap;
@@ -82,18 +76,12 @@ static int tvec_add(tvec *v, const char *s, size_t len) {
     return 0;
 }
 
-static void tvec_free(tvec *v) {
+void moe_strvec_free(moe_strvec *v) {
     for (size_t i = 0; i < v->n; i++) free(v->s[i]);
     free(v->s);
     free(v->len);
     memset(v, 0, sizeof *v);
 }
-
-typedef struct tword {
-    int32_t *ids; /* current symbols */
-    size_t n;
-    uint32_t count;
-} tword;
 
 static const char k_builtin_template[] =
     "{{ bos_token }}{% for message in messages %}"
@@ -103,167 +91,250 @@ static const char k_builtin_template[] =
     "end" LOW8 "of" LOW8 "sentence" FW_BAR ">' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<" FW_BAR "Assistant" FW_BAR ">' }}{% endif %}";
 
-/* Train; fills tokens (ids 0..) and merges ("A B"). */
-static moe_status train_builtin(tvec *tok, tvec *mer) {
+typedef struct bword {
+    int32_t *ids; /* current symbols */
+    uint32_t n, count;
+} bword;
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Distinct pre-tokenized words of text with their counts, as byte-symbol ids (2 + byte). */
+static moe_status learn_words(const char *text, size_t len, int by_paragraph, size_t max_word, bword **out,
+                              size_t *n_out) {
     moe_status st = MOE_ERR_NOMEM;
     pt_buf pb;
     memset(&pb, 0, sizeof pb);
-    tword *words = NULL;
+    bword *words = NULL;
+    size_t n_words = 0, wcap = 0, hn = 1 << 12;
+    uint32_t *wh = calloc(hn, sizeof *wh); /* word hash: index + 1 */
+    uint8_t *buf = NULL;
+    if (!wh) goto out;
+    for (size_t p = 0; p < len;) {
+        size_t q = len;
+        if (by_paragraph) {
+            const char *e = memmem(text + p, len - p, "\n\n", 2);
+            if (e) q = (size_t)(e - text) + 2;
+        }
+        long nc = moe_pretok_decode(NULL, &pb, (const uint8_t *)text + p, q - p);
+        size_t nb;
+        if (nc < 0 || moe_pretok_split(PT_DEEPSEEK_V3, &pb, (size_t)nc, &nb)) goto out;
+        for (size_t k = 0; k + 1 < nb; k++) {
+            const uint8_t *wp = (const uint8_t *)text + p + pb.off[pb.bnd[k]];
+            size_t wl = pb.off[pb.bnd[k + 1]] - pb.off[pb.bnd[k]];
+            if (!wl || (max_word && wl > max_word)) continue; /* long runs of symbols teach nothing */
+            size_t x = hash_bytes(wp, wl) & (hn - 1);
+            for (; wh[x]; x = (x + 1) & (hn - 1)) {
+                const bword *bw = &words[wh[x] - 1];
+                size_t j = 0;
+                if (bw->n == wl)
+                    while (j < wl && bw->ids[j] == 2 + wp[j]) j++;
+                if (bw->n == wl && j == wl) break;
+            }
+            if (wh[x]) {
+                words[wh[x] - 1].count++;
+                continue;
+            }
+            if (n_words == wcap) {
+                wcap = wcap ? 2 * wcap : 1024;
+                bword *nw = realloc(words, wcap * sizeof *nw);
+                if (!nw) goto out;
+                words = nw;
+            }
+            bword *bw = &words[n_words];
+            bw->ids = malloc(wl * sizeof(int32_t));
+            if (!bw->ids) goto out;
+            for (size_t j = 0; j < wl; j++) bw->ids[j] = 2 + wp[j];
+            bw->n = (uint32_t)wl;
+            bw->count = 1;
+            wh[x] = (uint32_t)++n_words;
+            if (n_words * 2 > hn) { /* grow and rehash */
+                size_t nhn = hn * 2;
+                uint32_t *nwh = calloc(nhn, sizeof *nwh);
+                uint8_t *nbuf = realloc(buf, wl > 4096 ? wl : 4096);
+                if (!nwh || !nbuf) {
+                    free(nwh);
+                    if (nbuf) buf = nbuf;
+                    goto out;
+                }
+                buf = nbuf;
+                for (size_t i = 0; i < n_words; i++) {
+                    if (words[i].n > 4096 && !(buf = realloc(buf, words[i].n))) {
+                        free(nwh);
+                        goto out;
+                    }
+                    for (uint32_t j = 0; j < words[i].n; j++) buf[j] = (uint8_t)(words[i].ids[j] - 2);
+                    size_t y = hash_bytes(buf, words[i].n) & (nhn - 1);
+                    while (nwh[y]) y = (y + 1) & (nhn - 1);
+                    nwh[y] = (uint32_t)i + 1;
+                }
+                free(wh);
+                wh = nwh;
+                hn = nhn;
+            }
+        }
+        p = q;
+    }
+    st = MOE_OK;
+out:
+    if (st) {
+        for (size_t k = 0; k < n_words; k++) free(words[k].ids);
+        free(words);
+        words = NULL;
+        n_words = 0;
+    }
+    free(buf);
+    free(wh);
+    moe_pretok_buf_free(&pb);
+    *out = words;
+    *n_out = n_words;
+    return st;
+}
+
+moe_status moe_tok_bpe_learn(const char *text, size_t len, int by_paragraph, size_t max_word, size_t n_merged_to,
+                             moe_strvec *tok, moe_strvec *mer) {
+    static const char bos[] = "<" FW_BAR "begin" LOW8 "of" LOW8 "sentence" FW_BAR ">",
+                      eos[] = "<" FW_BAR "end" LOW8 "of" LOW8 "sentence" FW_BAR ">",
+                      user[] = "<" FW_BAR "User" FW_BAR ">", assistant[] = "<" FW_BAR "Assistant" FW_BAR ">";
+    moe_status st = MOE_ERR_NOMEM;
+    bword *words = NULL;
     size_t n_words = 0;
     char *tmp = NULL;
-
-    if (tvec_add(tok, "<" FW_BAR "begin" LOW8 "of" LOW8 "sentence" FW_BAR ">", strlen("<" FW_BAR "begin" LOW8 "of" LOW8 "sentence" FW_BAR ">")) ||
-        tvec_add(tok, "<" FW_BAR "end" LOW8 "of" LOW8 "sentence" FW_BAR ">", strlen("<" FW_BAR "end" LOW8 "of" LOW8 "sentence" FW_BAR ">")))
-        goto cleanup;
+    struct pc {
+        int32_t a, b;
+        uint64_t c;
+    } *ph = NULL;
+    if (moe_strvec_add(tok, bos, sizeof bos - 1) || moe_strvec_add(tok, eos, sizeof eos - 1)) goto out;
     for (int b = 0; b < 256; b++) {
         uint8_t u[4];
         int ul;
         moe_tok_byte_to_unicode((uint8_t)b, u, &ul);
-        if (tvec_add(tok, (const char *)u, (size_t)ul)) goto cleanup;
+        if (moe_strvec_add(tok, (const char *)u, (size_t)ul)) goto out;
     }
-
-    /* words of the text, deduplicated with counts (quadratic dedup is fine: ~600 words) */
-    size_t len = sizeof k_text - 1;
-    long nc = moe_pretok_decode(NULL, &pb, (const uint8_t *)k_text, len);
-    size_t nb;
-    if (nc < 0 || moe_pretok_split(PT_DEEPSEEK_V3, &pb, (size_t)nc, &nb)) goto cleanup;
-    words = calloc(nb, sizeof *words);
-    if (!words) goto cleanup;
-    for (size_t p = 0; p + 1 < nb; p++) {
-        const uint8_t *w = (const uint8_t *)k_text + pb.off[pb.bnd[p]];
-        size_t wl = pb.off[pb.bnd[p + 1]] - pb.off[pb.bnd[p]];
-        size_t k;
-        for (k = 0; k < n_words; k++) {
-            if (words[k].n != wl) continue;
-            size_t j = 0;
-            while (j < wl && words[k].ids[j] == 2 + w[j]) j++;
-            if (j == wl) break;
-        }
-        if (k < n_words) {
-            words[k].count++;
-            continue;
-        }
-        words[n_words].ids = malloc(wl * sizeof(int32_t));
-        if (!words[n_words].ids) goto cleanup;
-        for (size_t j = 0; j < wl; j++) words[n_words].ids[j] = 2 + w[j];
-        words[n_words].n = wl;
-        words[n_words].count = 1;
-        n_words++;
-    }
-
-    while (tok->n < BUILTIN_N_BPE) {
-        /* most frequent pair; counts kept in a small open-addressing table */
-        size_t hn = 1 << 14;
-        struct pc {
-            int32_t a, b;
-            uint32_t c;
-        } *h = calloc(hn, sizeof *h);
-        if (!h) goto cleanup;
+    if ((st = learn_words(text, len, by_paragraph, max_word, &words, &n_words))) goto out;
+    st = MOE_ERR_NOMEM;
+    /* pair table: twice the pairs there are (capped), so a round only stops early on huge texts */
+    size_t n_pairs = 0, phn = 1 << 10;
+    for (size_t k = 0; k < n_words; k++) n_pairs += words[k].n ? words[k].n - 1 : 0;
+    while (phn < 2 * n_pairs && phn < (1u << 18)) phn <<= 1;
+    ph = malloc(phn * sizeof *ph);
+    if (!ph) goto out;
+    while (tok->n < n_merged_to) {
+        for (size_t i = 0; i < phn; i++) ph[i].c = 0;
         struct pc best = {-1, -1, 0};
+        size_t used = 0;
         for (size_t k = 0; k < n_words; k++) {
-            for (size_t j = 0; j + 1 < words[k].n; j++) {
-                int32_t a = words[k].ids[j], b = words[k].ids[j + 1];
-                size_t x = ((size_t)a * 0x9E3779B1u ^ (size_t)b * 0x85EBCA77u) & (hn - 1);
-                while (h[x].c && (h[x].a != a || h[x].b != b)) x = (x + 1) & (hn - 1);
-                h[x].a = a;
-                h[x].b = b;
-                h[x].c += words[k].count;
-                struct pc *e = &h[x];
-                if (e->c > best.c || (e->c == best.c && (e->a < best.a || (e->a == best.a && e->b < best.b))))
-                    best = *e;
+            const bword *bw = &words[k];
+            for (uint32_t j = 0; j + 1 < bw->n; j++) {
+                int32_t a = bw->ids[j], b = bw->ids[j + 1];
+                size_t x = ((size_t)a * 0x9E3779B1u ^ (size_t)b * 0x85EBCA77u) & (phn - 1);
+                while (ph[x].c && (ph[x].a != a || ph[x].b != b)) x = (x + 1) & (phn - 1);
+                if (!ph[x].c) {
+                    ph[x].a = a;
+                    ph[x].b = b;
+                    used++;
+                }
+                ph[x].c += bw->count;
+                const struct pc *e = &ph[x];
+                if (e->c > best.c || (e->c == best.c && (e->a < best.a || (e->a == best.a && e->b < best.b)))) best = *e;
             }
+            if (used * 2 > phn) break; /* table half full: enough statistics this round */
         }
-        free(h);
-        if (!best.c) break; /* every word is one token: the text is too short */
+        if (!best.c) break; /* every word is one token */
         size_t la = tok->len[best.a], lb = tok->len[best.b];
         free(tmp);
         tmp = malloc(la + lb + 2);
-        if (!tmp) goto cleanup;
+        if (!tmp) goto out;
         memcpy(tmp, tok->s[best.a], la);
         tmp[la] = ' ';
         memcpy(tmp + la + 1, tok->s[best.b], lb);
-        if (tvec_add(mer, tmp, la + lb + 1)) goto cleanup;
+        if (moe_strvec_add(mer, tmp, la + lb + 1)) goto out;
         memmove(tmp + la, tmp + la + 1, lb);
         int32_t r = -1;
-        for (size_t k = 0; k < tok->n; k++)
+        for (size_t k = 258; k < tok->n && r < 0; k++) /* a merge is never one byte symbol or a special */
             if (tok->len[k] == la + lb && !memcmp(tok->s[k], tmp, la + lb)) r = (int32_t)k;
         if (r < 0) {
-            if (tvec_add(tok, tmp, la + lb)) goto cleanup;
+            if (moe_strvec_add(tok, tmp, la + lb)) goto out;
             r = (int32_t)tok->n - 1;
         }
         for (size_t k = 0; k < n_words; k++) {
-            size_t o = 0;
-            for (size_t j = 0; j < words[k].n; j++) {
-                if (j + 1 < words[k].n && words[k].ids[j] == best.a && words[k].ids[j + 1] == best.b) {
-                    words[k].ids[o++] = r;
+            bword *bw = &words[k];
+            uint32_t o = 0;
+            for (uint32_t j = 0; j < bw->n; j++) {
+                if (j + 1 < bw->n && bw->ids[j] == best.a && bw->ids[j + 1] == best.b) {
+                    bw->ids[o++] = r;
                     j++;
                 } else {
-                    words[k].ids[o++] = words[k].ids[j];
+                    bw->ids[o++] = bw->ids[j];
                 }
             }
-            words[k].n = o;
+            bw->n = o;
         }
     }
-    if (tok->n < BUILTIN_N_BPE) {
-        st = MOE_ERR_INTERNAL;
-        goto cleanup;
-    }
-    if (tvec_add(tok, "<" FW_BAR "User" FW_BAR ">", strlen("<" FW_BAR "User" FW_BAR ">")) ||
-        tvec_add(tok, "<" FW_BAR "Assistant" FW_BAR ">", strlen("<" FW_BAR "Assistant" FW_BAR ">")))
-        goto cleanup;
+    if (moe_strvec_add(tok, user, sizeof user - 1) || moe_strvec_add(tok, assistant, sizeof assistant - 1)) goto out;
     st = MOE_OK;
-cleanup:
+out:
     free(tmp);
+    free(ph);
     for (size_t k = 0; k < n_words; k++) free(words[k].ids);
     free(words);
-    moe_pretok_buf_free(&pb);
     return st;
 }
 
 /* Append [PAD<id>] tokens up to pad_to. */
-static moe_status pad_tokens(tvec *tok, uint32_t pad_to) {
+static moe_status pad_tokens(moe_strvec *tok, uint32_t pad_to) {
     char name[32];
     while (tok->n < pad_to) {
         int k = snprintf(name, sizeof name, "[PAD%zu]", tok->n);
-        if (tvec_add(tok, name, (size_t)k)) return MOE_ERR_NOMEM;
+        if (moe_strvec_add(tok, name, (size_t)k)) return MOE_ERR_NOMEM;
     }
     return MOE_OK;
 }
 
-moe_status moe_tok_write_builtin_vocab(moe_gguf_writer *w, uint32_t pad_to, uint32_t *n_vocab) {
+moe_status moe_tok_write_vocab_keys(moe_gguf_writer *w, const moe_strvec *tok, size_t n_real, const moe_strvec *mer,
+                                    const char *chat_template) {
     moe_status st;
-    tvec tok = {0}, mer = {0};
-    int32_t *types = NULL;
-    if (!w) return MOE_ERR_INVAL;
-    if ((st = train_builtin(&tok, &mer))) goto cleanup;
-    size_t n_real = tok.n;
-    if ((st = pad_tokens(&tok, pad_to))) goto cleanup;
-    types = malloc(tok.n * sizeof *types);
-    if (!types) {
-        st = MOE_ERR_NOMEM;
-        goto cleanup;
-    }
-    for (size_t i = 0; i < tok.n; i++)
+    int32_t *types = malloc((tok->n ? tok->n : 1) * sizeof *types);
+    if (!types) return MOE_ERR_NOMEM;
+    for (size_t i = 0; i < tok->n; i++)
         types[i] = i >= n_real ? MOE_TOK_TYPE_UNUSED
                    : (i < 2 || i >= n_real - 2) ? MOE_TOK_TYPE_CONTROL
                                                 : MOE_TOK_TYPE_NORMAL;
-    if ((st = moe_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2")) ||
-        (st = moe_gguf_writer_set_str(w, "tokenizer.ggml.pre", "deepseek-v3")) ||
-        (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok.s, tok.len, tok.n)) ||
-        (st = moe_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_TYPE_INT32, types, tok.n)) ||
-        (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)mer.s, mer.len, mer.n)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 1)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 1)) ||
-        (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", 1)) ||
-        (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", 0)) ||
-        (st = moe_gguf_writer_set_str(w, "tokenizer.chat_template", k_builtin_template)))
+    (void)((st = moe_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2")) ||
+           (st = moe_gguf_writer_set_str(w, "tokenizer.ggml.pre", "deepseek-v3")) ||
+           (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok->s, tok->len, tok->n)) ||
+           (st = moe_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_TYPE_INT32, types, tok->n)) ||
+           (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)mer->s, mer->len, mer->n)) ||
+           (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0)) ||
+           (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 1)) ||
+           (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 1)) ||
+           (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", 1)) ||
+           (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", 0)) ||
+           (st = moe_gguf_writer_set_str(w, "tokenizer.chat_template",
+                                          chat_template ? chat_template : k_builtin_template)));
+    free(types);
+    return st;
+}
+
+moe_status moe_tok_write_builtin_vocab(moe_gguf_writer *w, uint32_t pad_to, uint32_t *n_vocab) {
+    moe_status st;
+    moe_strvec tok = {0}, mer = {0};
+    if (!w) return MOE_ERR_INVAL;
+    /* the built-in text is small: one pre-tokenizer pass over all of it, no word-length limit */
+    if ((st = moe_tok_bpe_learn(k_text, sizeof k_text - 1, 0, 0, BUILTIN_N_BPE, &tok, &mer))) goto cleanup;
+    if (tok.n != BUILTIN_N_BPE + 2) { /* the text must teach enough merges */
+        st = MOE_ERR_INTERNAL;
         goto cleanup;
+    }
+    size_t n_real = tok.n;
+    if ((st = pad_tokens(&tok, pad_to)) || (st = moe_tok_write_vocab_keys(w, &tok, n_real, &mer, NULL))) goto cleanup;
     if (n_vocab) *n_vocab = (uint32_t)tok.n;
 cleanup:
-    free(types);
-    tvec_free(&tok);
-    tvec_free(&mer);
+    moe_strvec_free(&tok);
+    moe_strvec_free(&mer);
     return st;
 }
 

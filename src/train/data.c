@@ -23,8 +23,6 @@
 #include "moe/train.h"
 #include "tok/tok_impl.h"
 
-#define FW_BAR "\xef\xbd\x9c"
-#define LOW8 "\xe2\x96\x81"
 
 static moe_status dfail(char *err, size_t errlen, moe_status st, const char *msg, const char *path) {
     if (err && errlen) snprintf(err, errlen, "train: %s '%s'%s%s", msg, path, errno ? ": " : "", errno ? strerror(errno) : "");
@@ -149,49 +147,8 @@ out:
     return st;
 }
 
-/* ---- BPE trainer ---- */
-typedef struct {
-    int32_t *ids;
-    uint32_t n, count;
-} bword;
-
-typedef struct {
-    char **s;
-    uint32_t *len;
-    size_t n, cap;
-} svec;
-
-static int svec_add(svec *v, const char *s, size_t len) {
-    if (v->n == v->cap) {
-        size_t c = v->cap ? 2 * v->cap : 1024;
-        char **a = realloc(v->s, c * sizeof *a);
-        uint32_t *l = a ? realloc(v->len, c * sizeof *l) : NULL;
-        if (a) v->s = a;
-        if (!a || !l) return -1;
-        v->len = l;
-        v->cap = c;
-    }
-    char *d = malloc(len + 1);
-    if (!d) return -1;
-    memcpy(d, s, len);
-    d[len] = 0;
-    v->s[v->n] = d;
-    v->len[v->n++] = (uint32_t)len;
-    return 0;
-}
-
-static void svec_free(svec *v) {
-    for (size_t i = 0; i < v->n; i++) free(v->s[i]);
-    free(v->s);
-    free(v->len);
-}
-
-static uint64_t hash_bytes(const uint8_t *p, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
+#define FW_BAR "\xef\xbd\x9c"
+#define LOW8 "\xe2\x96\x81"
 static const char k_template[] =
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
@@ -200,22 +157,11 @@ static const char k_template[] =
     "end" LOW8 "of" LOW8 "sentence" FW_BAR ">' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<" FW_BAR "Assistant" FW_BAR ">' }}{% endif %}";
 
+/* ---- BPE vocabulary: the tokenizer module's learner (src/tok/vocab.c), on a sample of the text ---- */
 moe_status moe_train_bpe(const char *text_path, uint64_t sample_bytes, int32_t n_vocab, const char *out_gguf,
                          char *err, size_t errlen) {
     moe_status st = MOE_ERR_NOMEM;
-    pt_buf pb;
-    memset(&pb, 0, sizeof pb);
-    svec tok = {0}, mer = {0};
-    bword *words = NULL;
-    size_t n_words = 0, wcap = 0, hn = 0;
-    uint32_t *wh = NULL; /* word hash: index + 1 */
-    char *text = NULL, *tmp = NULL;
-    int32_t *types = NULL;
-    struct pc {
-        int32_t a, b;
-        uint64_t c;
-    } *ph = NULL;
-    size_t phn = 0;
+    moe_strvec tok = {0}, mer = {0};
     moe_gguf_writer *w = NULL;
     if (n_vocab < 512 || n_vocab > (1 << 20)) {
         snprintf(err, errlen, "train: vocab_size must be in 512..1048576");
@@ -223,179 +169,19 @@ moe_status moe_train_bpe(const char *text_path, uint64_t sample_bytes, int32_t n
     }
     size_t len = 0;
     errno = 0;
-    text = read_norm(text_path, sample_bytes, &len);
+    char *text = read_norm(text_path, sample_bytes, &len);
     if (!text) return dfail(err, errlen, MOE_ERR_IO, "cannot read text", text_path);
-    if (svec_add(&tok, "<" FW_BAR "begin" LOW8 "of" LOW8 "sentence" FW_BAR ">", strlen("<" FW_BAR "begin" LOW8 "of" LOW8 "sentence" FW_BAR ">")) ||
-        svec_add(&tok, "<" FW_BAR "end" LOW8 "of" LOW8 "sentence" FW_BAR ">", strlen("<" FW_BAR "end" LOW8 "of" LOW8 "sentence" FW_BAR ">")))
-        goto out;
-    for (int b = 0; b < 256; b++) {
-        uint8_t u[4];
-        int ul;
-        moe_tok_byte_to_unicode((uint8_t)b, u, &ul);
-        if (svec_add(&tok, (const char *)u, (size_t)ul)) goto out;
-    }
-    /* distinct words with counts (paragraph by paragraph through the pre-tokenizer) */
-    hn = 1 << 16;
-    wh = calloc(hn, sizeof *wh);
-    if (!wh) goto out;
-    for (size_t p = 0; p < len;) {
-        char *e = strstr(text + p, "\n\n");
-        size_t q = e ? (size_t)(e - text) + 2 : len;
-        long nc = moe_pretok_decode(NULL, &pb, (const uint8_t *)text + p, q - p);
-        size_t nb;
-        if (nc < 0 || moe_pretok_split(PT_DEEPSEEK_V3, &pb, (size_t)nc, &nb)) goto out;
-        for (size_t k = 0; k + 1 < nb; k++) {
-            const uint8_t *wp = (const uint8_t *)text + p + pb.off[pb.bnd[k]];
-            size_t wl = pb.off[pb.bnd[k + 1]] - pb.off[pb.bnd[k]];
-            if (!wl || wl > 64) continue; /* very long pieces (runs of symbols) teach nothing */
-            size_t x = hash_bytes(wp, wl) & (hn - 1);
-            for (;;) {
-                uint32_t wi = wh[x];
-                if (!wi) break;
-                bword *bw = &words[wi - 1];
-                if (bw->n == wl) {
-                    size_t j = 0;
-                    while (j < wl && bw->ids[j] == 2 + wp[j]) j++;
-                    if (j == wl) break;
-                }
-                x = (x + 1) & (hn - 1);
-            }
-            if (wh[x]) {
-                words[wh[x] - 1].count++;
-                continue;
-            }
-            if (n_words == wcap) {
-                wcap = wcap ? 2 * wcap : 4096;
-                bword *nw = realloc(words, wcap * sizeof *nw);
-                if (!nw) goto out;
-                words = nw;
-            }
-            bword *bw = &words[n_words];
-            bw->ids = malloc(wl * sizeof(int32_t));
-            if (!bw->ids) goto out;
-            for (size_t j = 0; j < wl; j++) bw->ids[j] = 2 + wp[j];
-            bw->n = (uint32_t)wl;
-            bw->count = 1;
-            wh[x] = (uint32_t)++n_words;
-            if (n_words * 2 > hn) { /* grow and rehash */
-                size_t nhn = hn * 2;
-                uint32_t *nwh = calloc(nhn, sizeof *nwh);
-                if (!nwh) goto out;
-                for (size_t i = 0; i < n_words; i++) {
-                    uint8_t buf[64];
-                    for (uint32_t j = 0; j < words[i].n; j++) buf[j] = (uint8_t)(words[i].ids[j] - 2);
-                    size_t y = hash_bytes(buf, words[i].n) & (nhn - 1);
-                    while (nwh[y]) y = (y + 1) & (nhn - 1);
-                    nwh[y] = (uint32_t)i + 1;
-                }
-                free(wh);
-                wh = nwh;
-                hn = nhn;
-            }
-        }
-        p = q;
-    }
-    /* merges */
-    phn = 1 << 18;
-    ph = malloc(phn * sizeof *ph);
-    if (!ph) goto out;
-    while ((int32_t)tok.n < n_vocab - 2) {
-        for (size_t i = 0; i < phn; i++) ph[i].c = 0;
-        struct pc best = {-1, -1, 0};
-        size_t used = 0;
-        for (size_t k = 0; k < n_words; k++) {
-            const bword *bw = &words[k];
-            for (uint32_t j = 0; j + 1 < bw->n; j++) {
-                int32_t a = bw->ids[j], b = bw->ids[j + 1];
-                size_t x = ((size_t)a * 0x9E3779B1u ^ (size_t)b * 0x85EBCA77u) & (phn - 1);
-                while (ph[x].c && (ph[x].a != a || ph[x].b != b)) x = (x + 1) & (phn - 1);
-                if (!ph[x].c) {
-                    ph[x].a = a;
-                    ph[x].b = b;
-                    used++;
-                }
-                ph[x].c += bw->count;
-                const struct pc *e = &ph[x];
-                if (e->c > best.c || (e->c == best.c && (e->a < best.a || (e->a == best.a && e->b < best.b)))) best = *e;
-            }
-            if (used * 2 > phn) break; /* table nearly full: enough statistics this round */
-        }
-        if (!best.c) break;
-        size_t la = tok.len[best.a], lb = tok.len[best.b];
-        free(tmp);
-        tmp = malloc(la + lb + 2);
-        if (!tmp) goto out;
-        memcpy(tmp, tok.s[best.a], la);
-        tmp[la] = ' ';
-        memcpy(tmp + la + 1, tok.s[best.b], lb);
-        if (svec_add(&mer, tmp, la + lb + 1)) goto out;
-        memmove(tmp + la, tmp + la + 1, lb);
-        int32_t r = -1;
-        for (size_t k = 258; k < tok.n && r < 0; k++)
-            if (tok.len[k] == la + lb && !memcmp(tok.s[k], tmp, la + lb)) r = (int32_t)k;
-        if (r < 0) {
-            if (svec_add(&tok, tmp, la + lb)) goto out;
-            r = (int32_t)tok.n - 1;
-        }
-        for (size_t k = 0; k < n_words; k++) {
-            bword *bw = &words[k];
-            uint32_t o = 0;
-            for (uint32_t j = 0; j < bw->n; j++) {
-                if (j + 1 < bw->n && bw->ids[j] == best.a && bw->ids[j + 1] == best.b) {
-                    bw->ids[o++] = r;
-                    j++;
-                } else {
-                    bw->ids[o++] = bw->ids[j];
-                }
-            }
-            bw->n = o;
-        }
-    }
-    if (svec_add(&tok, "<" FW_BAR "User" FW_BAR ">", strlen("<" FW_BAR "User" FW_BAR ">")) ||
-        svec_add(&tok, "<" FW_BAR "Assistant" FW_BAR ">", strlen("<" FW_BAR "Assistant" FW_BAR ">")))
-        goto out;
-    types = malloc(tok.n * sizeof *types);
-    if (!types) goto out;
-    for (size_t i = 0; i < tok.n; i++) types[i] = (i < 2 || i >= tok.n - 2) ? MOE_TOK_TYPE_CONTROL : MOE_TOK_TYPE_NORMAL;
-    uint64_t *lens = malloc(tok.n * sizeof *lens), *mlens = malloc((mer.n + 1) * sizeof *mlens);
-    if (!lens || !mlens) {
-        free(lens);
-        free(mlens);
-        goto out;
-    }
-    for (size_t i = 0; i < tok.n; i++) lens[i] = tok.len[i];
-    for (size_t i = 0; i < mer.n; i++) mlens[i] = mer.len[i];
+    /* paragraph by paragraph; pieces over 64 bytes (runs of symbols) teach nothing */
+    if ((st = moe_tok_bpe_learn(text, len, 1, 64, (size_t)n_vocab - 2, &tok, &mer))) goto out;
     if ((st = moe_gguf_writer_init(&w)) || (st = moe_gguf_writer_set_str(w, "general.name", "moekit BPE vocabulary")) ||
-        (st = moe_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2")) ||
-        (st = moe_gguf_writer_set_str(w, "tokenizer.ggml.pre", "deepseek-v3")) ||
-        (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok.s, lens, tok.n)) ||
-        (st = moe_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MOE_GGUF_TYPE_INT32, types, tok.n)) ||
-        (st = moe_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)mer.s, mlens, mer.n)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 1)) ||
-        (st = moe_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 1)) ||
-        (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", 1)) ||
-        (st = moe_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", 0)) ||
-        (st = moe_gguf_writer_set_str(w, "tokenizer.chat_template", k_template))) {
-        free(lens);
-        free(mlens);
+        (st = moe_tok_write_vocab_keys(w, &tok, tok.n, &mer, k_template)))
         goto out;
-    }
-    free(lens);
-    free(mlens);
     st = moe_gguf_writer_write(w, out_gguf, NULL, NULL, NULL, NULL, err, errlen);
 out:
     if (st == MOE_ERR_NOMEM && err && errlen) snprintf(err, errlen, "train: out of memory in the BPE trainer");
     moe_gguf_writer_free(w);
-    free(types);
-    free(tmp);
-    free(ph);
-    free(wh);
-    for (size_t k = 0; k < n_words; k++) free(words[k].ids);
-    free(words);
-    svec_free(&tok);
-    svec_free(&mer);
+    moe_strvec_free(&tok);
+    moe_strvec_free(&mer);
     free(text);
-    moe_pretok_buf_free(&pb);
     return st;
 }
