@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../tests/tenant/redis_util.h"
 #include "moe/tenant.h"
 
 static double now_s(void) {
@@ -36,53 +37,6 @@ static double now_s(void) {
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &l)) return -1;
-    int port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static int port_open(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
-
-static pid_t redis_start(const char *dir, int port) {
-    pid_t pid = fork();
-    if (pid == 0) {
-        char p[16];
-        snprintf(p, sizeof p, "%d", port);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--dir", dir, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        if (port_open(port)) return pid;
-        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    return -1;
 }
 
 /* n requests through the gate; prints p50/p99/p99.9 of the request and of one grant. */
@@ -159,14 +113,13 @@ int main(int argc, char **argv) {
     }
     moe_tenant_db_close(d);
     int rc = run(db, "local", key, n, 50e-6);
-    int port = free_port();
-    pid_t rp = port > 0 ? redis_start(dir, port) : -1;
+    int port = tt_free_port();
+    pid_t rp = port > 0 ? tt_redis_start(dir, port) : -1;
     if (rp > 0) {
         char spec[64];
         snprintf(spec, sizeof spec, "redis://127.0.0.1:%d", port);
         rc |= run(db, spec, key, n / 4, 1e-3);
-        kill(rp, SIGKILL);
-        waitpid(rp, NULL, 0);
+        tt_redis_stop(rp);
     } else {
         printf("redis: redis-server not installed or did not start: skipped\n");
     }
