@@ -39,6 +39,10 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *p, moe_engine 
 void moe_engine_free(moe_engine *e);
 const char *moe_engine_errmsg(const moe_engine *e);
 int moe_engine_n_threads(const moe_engine *e);
+/* Run fn(arg, ith, nth) on every thread of the engine's pool (the caller is thread 0) and
+ * return when all are done: lets the engine's owner spread its own per-step work (sampling
+ * the step's sequences, say) over the threads the engine already holds, between steps. */
+void moe_engine_parallel(moe_engine *e, void (*fn)(void *arg, int ith, int nth), void *arg);
 
 /* A sequence with room for n_ctx tokens (0 = the model's context length). The cache is
  * reserved as virtual memory and committed as it fills; moe_seq_bytes tells the committed

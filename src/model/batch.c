@@ -113,6 +113,7 @@ void moe_engine_free(moe_engine *e) {
 
 const char *moe_engine_errmsg(const moe_engine *e) { return e->err; }
 int moe_engine_n_threads(const moe_engine *e) { return moe_pool_n_threads(e->pool); }
+void moe_engine_parallel(moe_engine *e, void (*fn)(void *arg, int ith, int nth), void *arg) { moe_pool_run(e->pool, fn, arg); }
 
 moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     const moe_hparams *hp = &e->m->hp;

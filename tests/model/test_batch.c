@@ -34,6 +34,11 @@ static const int sched[NSEQ][12] = {
     {3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 0, 0},
 };
 
+static void mark(void *arg, int ith, int nth) {
+    int *seen = arg;
+    seen[ith] += 1 + nth; /* each thread writes only its own slot */
+}
+
 static void check_model(const char *label, const moe_init_config *cfg) {
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
@@ -61,6 +66,9 @@ static void check_model(const char *label, const moe_init_config *cfg) {
     ep.n_threads = 2;
     moe_engine *e;
     CHECK(moe_engine_init(m, &ep, &e, err, sizeof err) == MOE_OK, "%s: engine: %s", label, err);
+    int seen[4] = {0};
+    moe_engine_parallel(e, mark, seen);
+    CHECK(seen[0] == 3 && seen[1] == 3 && seen[2] == 0, "%s: moe_engine_parallel ran every pool thread once", label);
     moe_seq *seq[NSEQ];
     for (int s = 0; s < NSEQ; s++) CHECK(moe_seq_init(e, s == 2 ? 24 : 64, &seq[s]) == MOE_OK, "seq init");
     int fed[NSEQ] = {0};
