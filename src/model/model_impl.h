@@ -45,6 +45,9 @@ struct moe_model {
     int32_t dn;          /* Dn = Dk − R */
     uint64_t weight_bytes, active_bytes;
     int main_type;       /* most common weight type, for describe */
+    uint8_t *packed;     /* owned mapping: Q8_0 product weights repacked to R16 (load.c), or NULL */
+    size_t packed_bytes;
+    int32_t n_packed;    /* tensors repacked */
 };
 
 /* The multi-sequence engine (include/moe/batch.h): step buffers sized for n_batch tokens, the

@@ -162,6 +162,89 @@ static void test_w8a8(void) {
     moe_pool_free(pool);
 }
 
+/* The R16 repacked layout (kern.h): every level's product on the repacked copy equals the ref on
+ * the Q8_0 original bit for bit (T 1..17: the register tiles of 1..8 tokens and their tails;
+ * row ranges cutting groups), as does moe_kern_dequant_wrow, and a matmul on a pool. */
+static void test_r16(void) {
+    enum { OUT = 48 };
+    static uint8_t wq[OUT * 2176], rp[OUT * 2176];
+    static float x[17 * 2048], y0[17 * OUT], y1[17 * OUT], d0[2048], d1[2048];
+    static moe_q8a r[17 * 64];
+    const int64_t ins[] = {32, 96, 1056, 2048};
+    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
+    const int top = moe_kern_level();
+    CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
+              !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48),
+          "can_repack: Q8_0 with out a multiple of 16 only");
+    for (size_t ii = 0; ii < 4; ii++) {
+        const int64_t in = ins[ii], nb = in / 32;
+        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, in);
+        for (size_t i = 0; i < rb * OUT; i++) {
+            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+            wq[i] = (uint8_t)(g_s >> 56);
+        }
+        for (int64_t o = 0; o < OUT; o++)
+            for (int64_t b = 0; b < nb; b++) {
+                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 33 ? 2e4f : 0.01f)); /* denormal, near the F16 maximum */
+                memcpy(wq + (size_t)o * rb + (size_t)b * 34, &h, 2);
+            }
+        for (int64_t b = 0; b < nb; b++) {
+            memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
+            memset(wq + 21 * rb + (size_t)b * 34 + 2, 0x7f, 32); /* row 21: all +127 */
+        }
+        memset(rp, 0xA5, sizeof rp);
+        moe_kern_repack_q8_0_r16(wq, rb, in, 0, 1, rp); /* two calls: groups are independent */
+        moe_kern_repack_q8_0_r16(wq, rb, in, 1, OUT / 16, rp);
+        moe_wview w = {wq, MOE_DTYPE_Q8_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q8_0_R16, in, OUT, rb};
+        int same = 1;
+        for (int64_t o = 0; o < OUT; o++) {
+            moe_dtype_dequant_row(MOE_DTYPE_Q8_0, wq + (size_t)o * rb, d0, in);
+            moe_kern_dequant_wrow(&wr, o, d1);
+            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
+        }
+        CHECK(same, "r16 in=%lld: dequant_wrow differs from the Q8_0 row", (long long)in);
+        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
+            const int T = Ts[q];
+            fill_x(x, T * in, (int)(q + ii) % 5);
+            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
+            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+            for (int l = top; l >= 0; l--) {
+                moe_kern_set_level(l);
+                memset(y1, 0, sizeof y1);
+                moe_kern_mmq_rows(&wr, r, T, y1, OUT, 0, OUT);
+                CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "r16 in=%lld T=%d level %d: differs from Q8_0 ref",
+                      (long long)in, T, l);
+                memset(y1, 0, sizeof y1);
+                moe_kern_mmq_rows(&wr, r, T, y1, OUT, 7, 41); /* cuts groups at both ends */
+                int ok = 1;
+                for (int tt = 0; tt < T; tt++)
+                    for (int o = 0; o < OUT; o++) ok &= (o >= 7 && o < 41) ? !memcmp(&y1[tt * OUT + o], &y0[tt * OUT + o], 4) : y1[tt * OUT + o] == 0; /* bits: inf/NaN too */
+                CHECK(ok, "r16 in=%lld T=%d level %d: rows 7..41", (long long)in, T, l);
+            }
+            moe_kern_set_level(top);
+        }
+    }
+    /* through moe_kern_matmul on a pool, W8A8 on and off (wq and rp still hold the in = 2048 matrix) */
+    moe_pool *pool = moe_pool_init(3);
+    const int64_t in = 2048;
+    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, in);
+    moe_wview w = {wq, MOE_DTYPE_Q8_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q8_0_R16, in, OUT, rb};
+    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 17 * 64};
+    fill_x(x, 5 * in, 0);
+    for (int int8 = 1; int8 >= 0; int8--) {
+        moe_kern_set_int8(int8);
+        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
+        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
+        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "r16 matmul (int8 %d) differs from Q8_0", int8);
+    }
+    moe_kern_set_int8(1);
+    free(scratch);
+    moe_pool_free(pool);
+    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-9/16/17, cut groups, "
+           "dequant, matmul)\n", top);
+}
+
 /* moe_kern_matmul_set: a set of products (mixed types, shared and distinct inputs, tiny and
  * large) in one job equals each product run alone, bit for bit, for 1..4 threads and for a
  * workspace so small that the set runs in pieces. */
@@ -322,6 +405,7 @@ int main(void) {
     moe_pool_free(pool);
 
     test_w8a8();
+    test_r16();
     test_set();
     test_kquants();
 

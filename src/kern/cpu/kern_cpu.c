@@ -172,12 +172,11 @@ void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float
         int64_t oe = ob + MOE_KERN_TILE < o1 ? ob + MOE_KERN_TILE : o1;
         const float *rows[MOE_KERN_TILE];
         for (int64_t o = ob; o < oe; o++) {
-            const uint8_t *src = w->data + (size_t)o * w->row_bytes;
             if (w->type == MOE_DTYPE_F32) {
-                rows[o - ob] = (const float *)src;
+                rows[o - ob] = (const float *)(const void *)(w->data + (size_t)o * w->row_bytes);
             } else {
                 float *dst = scratch + (size_t)(o - ob) * (size_t)in;
-                moe_kern_dequant_row(w->type, src, dst, in);
+                moe_kern_dequant_wrow(w, o, dst);
                 rows[o - ob] = dst;
             }
         }

@@ -358,6 +358,75 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     }
     if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
 }
+
+/* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
+ * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
+ * running integer sum starts at −128·Σx (the w + 128 bias). NT tokens share each weight load;
+ * the float accumulators of the NT tokens stay in registers over the whole row (exact ref order).
+ * Two integer chains per token (columns 0–3, 4–7) halve the dependent vpdpbusd latency. */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
+    const __m512i *wq = (const __m512i *)(const void *)g;
+    const __m256i *sc = (const __m256i *)(const void *)(g + (size_t)nb * 512);
+    __m512 acc[8];
+    for (int k = 0; k < NT; k++) acc[k] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+#ifndef R16_PF
+#define R16_PF 8
+#endif
+        if (R16_PF)
+            for (int c = 0; c < 8; c++) _mm_prefetch((const char *)(wq + 8 * (b + R16_PF) + c), _MM_HINT_T0);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc + b));
+        __m512i w[8];
+        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + 8 * b + c);
+        for (int k = 0; k < NT; k++) {
+            const moe_q8a *a = xq + k * nb + b;
+            const int32_t *xd = (const int32_t *)(const void *)a->q;
+            __m512i s0 = _mm512_set1_epi32(-128 * a->s), s1 = _mm512_setzero_si512();
+            s0 = _mm512_dpbusd_epi32(s0, w[0], _mm512_set1_epi32(xd[0]));
+            s1 = _mm512_dpbusd_epi32(s1, w[4], _mm512_set1_epi32(xd[4]));
+            s0 = _mm512_dpbusd_epi32(s0, w[1], _mm512_set1_epi32(xd[1]));
+            s1 = _mm512_dpbusd_epi32(s1, w[5], _mm512_set1_epi32(xd[5]));
+            s0 = _mm512_dpbusd_epi32(s0, w[2], _mm512_set1_epi32(xd[2]));
+            s1 = _mm512_dpbusd_epi32(s1, w[6], _mm512_set1_epi32(xd[6]));
+            s0 = _mm512_dpbusd_epi32(s0, w[3], _mm512_set1_epi32(xd[3]));
+            s1 = _mm512_dpbusd_epi32(s1, w[7], _mm512_set1_epi32(xd[7]));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)),
+                                     acc[k]);
+        }
+    }
+    for (int k = 0; k < NT; k++) _mm512_storeu_ps(y + k * ldy, acc[k]);
+}
+
+#define R16_GROUP(n)                                                                                                   \
+    case n: r16_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy); break;
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32;
+    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
+    if (a >= e) {
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    for (int64_t o = a; o < e; o += 16) {
+        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+        for (int64_t t0 = 0; t0 < T; t0 += 8) {
+            switch (T - t0 < 8 ? (int)(T - t0) : 8) {
+                R16_GROUP(1)
+                R16_GROUP(2)
+                R16_GROUP(3)
+                R16_GROUP(4)
+                R16_GROUP(5)
+                R16_GROUP(6)
+                R16_GROUP(7)
+                R16_GROUP(8)
+            }
+        }
+    }
+    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
+}
 #endif /* MOE_X86 */
 
 #if defined(__aarch64__)
@@ -437,6 +506,16 @@ void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
 }
 
 void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    if (w->type == MOE_KTYPE_Q8_0_R16) { /* repacked only where VNNI runs; other levels read it through the ref */
+#ifdef MOE_X86
+        if (moe_kern_level() == 2) {
+            mmq_r16_vnni(w, xq, T, y, ldy, o0, o1);
+            return;
+        }
+#endif
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
 #ifdef MOE_X86
     int l = moe_kern_level();
     if (l == 2) {

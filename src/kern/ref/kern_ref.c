@@ -85,12 +85,62 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
     return s;
 }
 
-int moe_kern_mmq_supported(int type) { return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0; }
+int moe_kern_mmq_supported(int type) {
+    return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_KTYPE_Q8_0_R16;
+}
+
+/* ---- the R16 layout (kern.h) ---- */
+
+int moe_kern_can_repack(int type, int64_t in, int64_t out) {
+    return type == MOE_DTYPE_Q8_0 && in > 0 && in % 32 == 0 && out > 0 && out % 16 == 0;
+}
+
+void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    const int64_t nb = in / 32;
+    const size_t gb = (size_t)nb * 544;
+    for (int64_t g = g0; g < g1; g++) {
+        uint8_t *wq = dst + (size_t)g * gb, *sc = wq + (size_t)nb * 512;
+        for (int j = 0; j < 16; j++) {
+            const uint8_t *row = src + (size_t)(16 * g + j) * src_row_bytes;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * 34;
+                sc[b * 32 + 2 * j] = blk[0];
+                sc[b * 32 + 2 * j + 1] = blk[1];
+                for (int i = 0; i < 32; i++) wq[b * 512 + (i / 4) * 64 + j * 4 + i % 4] = blk[2 + i] ^ 0x80;
+            }
+        }
+    }
+}
+
+/* row o's block b back in Q8_0 form (34 bytes) */
+static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34]) {
+    const int64_t nb = w->in / 32;
+    const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+    const int j = (int)(o % 16);
+    blk[0] = g[(size_t)nb * 512 + (size_t)b * 32 + 2 * j];
+    blk[1] = g[(size_t)nb * 512 + (size_t)b * 32 + 2 * j + 1];
+    for (int i = 0; i < 32; i++) blk[2 + i] = g[(size_t)b * 512 + (i / 4) * 64 + j * 4 + i % 4] ^ 0x80;
+}
+
+void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
+    if (w->type != MOE_KTYPE_Q8_0_R16) {
+        moe_kern_dequant_row(w->type, w->data + (size_t)o * w->row_bytes, dst, w->in);
+        return;
+    }
+    uint8_t blk[34];
+    for (int64_t b = 0; b < w->in / 32; b++) {
+        r16_block(w, o, b, blk);
+        moe_kern_dequant_row(MOE_DTYPE_Q8_0, blk, dst + 32 * b, 32);
+    }
+}
 
 void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
                            int64_t o1) {
     const int64_t nb = w->in / 32;
-    const size_t bb = w->type == MOE_DTYPE_Q8_0 ? 34 : 18;
+    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : 34;
+    const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
+    uint8_t blk[34];
     for (int64_t o = o0; o < o1; o++) {
         const uint8_t *row = w->data + (size_t)o * w->row_bytes;
         for (int64_t t = 0; t < T; t++) {
@@ -98,7 +148,11 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *wb = row + (size_t)b * bb;
-                int32_t d = w->type == MOE_DTYPE_Q8_0 ? idot_q8_0(wb, a + b) : idot_q4_0(wb, a + b);
+                if (r16) {
+                    r16_block(w, o, b, blk);
+                    wb = blk;
+                }
+                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b) : idot_q8_0(wb, a + b);
                 acc = fmaf((float)d, f16(wb) * a[b].d, acc);
             }
             y[t * ldy + o] = acc;
