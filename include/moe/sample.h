@@ -1,8 +1,12 @@
 /* moekit: token samplers (temperature, top-k, top-p, seed).
  *
  * Order: top-k on the logits, softmax at temperature T, top-p (smallest set whose probability
- * reaches p), then one draw from a seeded xoshiro256** stream. T <= 0 is greedy (argmax).
- * A sampler is owned by one sequence; buffers are allocated once at init. */
+ * reaches p), then one draw from a seeded xoshiro256** stream. T <= 0 is greedy (the first
+ * argmax), and so is a logit of +inf or a vector with nothing above -inf. NaN logits are never
+ * drawn. The same seed and logits give the same tokens on every CPU (the SIMD forms compute the
+ * scalar reference's floats bit for bit). Cost O(V) per token, SIMD where the CPU has it.
+ * A sampler is owned by one sequence (different samplers may run on different threads at
+ * once); buffers are allocated once at init. */
 #ifndef MOE_SAMPLE_H
 #define MOE_SAMPLE_H
 
