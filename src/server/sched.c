@@ -12,6 +12,12 @@
  * long prompt is prefilled over several steps while running streams keep getting a token
  * each step (the bound per turn, as redis bounds rehash work).
  *
+ * Sampling: after a step, the tokens of the step's sequences are drawn on the engine's own
+ * pool threads (moe_engine_parallel; each sequence has its own sampler and logits, so draws are
+ * independent and a seeded request gets the same tokens whatever else is in the batch), handed
+ * out one sequence at a time from a shared counter so a preempted thread holds up at most one.
+ * Everything after the draw (text, stop strings, metrics, releases) stays on the engine thread.
+ *
  * Output: generated text passes the streaming detokenizer (valid UTF-8) and the stop-string
  * matcher, which holds back the longest tail that could still begin a stop string, then goes
  * to req->out under req->mu and wakes the HTTP thread. Cancellation (client gone, shutdown)
@@ -41,6 +47,7 @@ typedef struct srv_slot {
     float *logits;  /* owned, (V) */
     int64_t need;   /* tokens reserved in the KV budget */
     uint64_t order; /* admission number (prefill order) */
+    int32_t next;   /* the token just sampled from logits */
 } srv_slot;
 
 struct srv_sched {
@@ -56,6 +63,7 @@ struct srv_sched {
     uint64_t n_admitted;
     moe_batch_item *items; /* (n_slots) */
     int *item_slot;
+    int *sample_slot; /* (n_slots): slots whose token is sampled after this step */
     double t_counts;
     pthread_t thread;
     int started;
@@ -247,12 +255,40 @@ static void admit_locked(srv_sched *s) {
     pthread_mutex_unlock(&s->metrics->mu);
 }
 
-/* After a step: the token of slot i was sampled from its logits. */
+/* The draws of one step, spread over the engine's pool threads. */
+typedef struct {
+    srv_slot *slots;
+    const int *slot; /* (n) slots to sample */
+    int32_t n;
+    atomic_int next_job;
+} sample_job;
+
+static void sample_worker(void *arg, int ith, int nth) {
+    sample_job *j = arg;
+    (void)ith;
+    (void)nth;
+    for (int32_t k; (k = atomic_fetch_add_explicit(&j->next_job, 1, memory_order_relaxed)) < j->n;) {
+        srv_slot *sl = &j->slots[j->slot[k]];
+        sl->next = moe_sampler_sample(sl->req->smp, sl->logits);
+    }
+}
+
+static void sample_step(srv_sched *s, int32_t n) {
+    if (n == 1) { /* nothing to share: no hand-off */
+        srv_slot *sl = &s->slots[s->sample_slot[0]];
+        sl->next = moe_sampler_sample(sl->req->smp, sl->logits);
+        return;
+    }
+    sample_job j = {s->slots, s->sample_slot, n, 0};
+    moe_engine_parallel(s->eng, sample_worker, &j);
+}
+
+/* After a step: slot i's token (sl->next) was sampled from its logits. */
 static void on_token(srv_sched *s, int i) {
     srv_slot *sl = &s->slots[i];
     srv_req *r = sl->req;
     double now = srv_now();
-    int32_t id = moe_sampler_sample(r->smp, sl->logits);
+    int32_t id = sl->next;
     r->n_gen++;
     atomic_store_explicit(&r->gen_pub, r->n_gen, memory_order_release);
     if (r->n_gen == atomic_load_explicit(&r->allow, memory_order_acquire) && r->n_gen < r->max_tokens) {
@@ -392,6 +428,7 @@ static void *engine_main(void *arg) {
             for (int j = 0; j < n_items; j++) slot_release(s, s->item_slot[j], SRV_FINISH_ERROR, msg);
             continue;
         }
+        int32_t n_sample = 0;
         for (int j = 0; j < n_items; j++) {
             int i = s->item_slot[j];
             srv_req *r = s->slots[i].req;
@@ -399,8 +436,10 @@ static void *engine_main(void *arg) {
                 r->n_done_prompt += s->items[j].n_tokens;
                 if (r->n_done_prompt < r->n_prompt) continue;
             }
-            on_token(s, i);
+            s->sample_slot[n_sample++] = i;
         }
+        if (n_sample) sample_step(s, n_sample);
+        for (int j = 0; j < n_sample; j++) on_token(s, s->sample_slot[j]);
         update_metrics(s, dt, n_tok, n_prompt_tok);
     }
     return NULL;
@@ -431,8 +470,9 @@ moe_status srv_sched_start(moe_model *m, const moe_tok *tok, const srv_sched_par
     s->slots = calloc((size_t)s->n_slots, sizeof *s->slots);
     s->items = calloc((size_t)s->n_slots, sizeof *s->items);
     s->item_slot = calloc((size_t)s->n_slots, sizeof *s->item_slot);
+    s->sample_slot = calloc((size_t)s->n_slots, sizeof *s->sample_slot);
     st = MOE_ERR_NOMEM;
-    if (!s->slots || !s->items || !s->item_slot) goto fail;
+    if (!s->slots || !s->items || !s->item_slot || !s->sample_slot) goto fail;
     for (int i = 0; i < s->n_slots; i++) {
         if ((st = moe_seq_init(s->eng, p->ctx, &s->slots[i].seq)) != MOE_OK) {
             snprintf(err, errlen, "cannot create sequence %d of %d with %d tokens: %s", i + 1, s->n_slots, p->ctx,
@@ -546,6 +586,7 @@ void srv_sched_free(srv_sched *s) {
     free(s->slots);
     free(s->items);
     free(s->item_slot);
+    free(s->sample_slot);
     moe_engine_free(s->eng);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
