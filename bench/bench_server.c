@@ -11,6 +11,11 @@
  *           moment all requests are sent to the last [DONE].
  * overhead % = (engine − server) / engine × 100 (issue 5's target: < 10 %). For each level the two
  * are measured back to back, -r times (default 2), and the best of each is kept.
+ * The server's own counters (GET /metrics before and after the timed round) split its wall time:
+ * "server steps" (moe_engine_steps_total) and "outside steps" = the share of the wall time not
+ * spent in moe_engine_step (moe_engine_step_seconds_sum): sampling, scheduling, and HTTP from the
+ * first request to the last [DONE]. Unlike the overhead, it compares nothing across processes, so
+ * a busy machine moves it little: it tells the server's cost apart from noise in the engine runs.
  *
  * Fairness: both sides run N steps per N tokens (the engine's first, untimed step is the page-in
  * of the caches; the server's first token comes out of its one-token prefill step), and both are
@@ -21,7 +26,7 @@
  * a seed per stream, so the tokens fed back are as random as `moe bench`'s and a step selects as
  * many distinct experts (identical greedy streams would share experts and flatter the server).
  * --temperature 0 samples greedily (an argmax over the vocabulary); at temperature > 0 the sampler
- * costs O(V) per token on the engine thread (src/sample/sample.c).
+ * costs O(V) per token (SIMD, on the engine's pool threads; src/sample/sample.c).
  * The server's figure includes what a user pays: HTTP, JSON, tokenization, scheduling, sampling,
  * detokenization and SSE, and any step that runs before every stream has joined the batch.
  *
@@ -186,8 +191,8 @@ static void *client_main(void *arg) {
     return NULL;
 }
 
-/* S concurrent streams; total generated tokens / seconds. */
-static double run_streams(int port, int S, int n_tokens, const int32_t *toks, int *bad) {
+/* S concurrent streams; total generated tokens / seconds (wall time in *wall). */
+static double run_streams(int port, int S, int n_tokens, const int32_t *toks, int *bad, double *wall) {
     client cl[MAX_STREAMS];
     pthread_t th[MAX_STREAMS];
     pthread_barrier_t go;
@@ -212,7 +217,46 @@ static double run_streams(int port, int S, int n_tokens, const int32_t *toks, in
         if (cl[i].t_done > t_end) t_end = cl[i].t_done;
     }
     pthread_barrier_destroy(&go);
+    *wall = t_end - t0;
     return (double)total / (t_end - t0);
+}
+
+/* The server's own step counters (GET /metrics): steps run and seconds inside moe_engine_step.
+ * Their change over the timed round splits the server's wall time into the engine's steps and
+ * everything around them (sampling, scheduling, HTTP until the last [DONE]). */
+static int scrape_steps(int port, double *steps, double *step_s) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) || write(fd, req, sizeof req - 1) != sizeof req - 1) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (ssize_t n; buf; len += (size_t)n) {
+        if (len + 4096 + 1 > cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) break;
+            buf = nb;
+        }
+        if ((n = read(fd, buf + len, cap - len - 1)) <= 0) break;
+    }
+    close(fd);
+    if (!buf) return -1;
+    buf[len] = 0;
+    static const char k1[] = "\nmoe_engine_steps_total ", k2[] = "\nmoe_engine_step_seconds_sum ";
+    const char *a1 = strstr(buf, k1), *a2 = strstr(buf, k2);
+    int rc = a1 && a2 ? 0 : -1;
+    if (!rc) {
+        *steps = atof(a1 + sizeof k1 - 1);
+        *step_s = atof(a2 + sizeof k2 - 1);
+    }
+    free(buf);
+    return rc;
 }
 
 /* ---- the engine figures: moe bench --batch ---- */
@@ -299,7 +343,7 @@ int main(int argc, char **argv) {
 
     /* engine and server alternate, level by level, reps times; the best of each is kept (a busy
      * machine only ever slows a run down, and pairing in time keeps both under similar load) */
-    double eng[MAX_LEVELS] = {0}, srv[MAX_LEVELS] = {0};
+    double eng[MAX_LEVELS] = {0}, srv[MAX_LEVELS] = {0}, n_steps[MAX_LEVELS] = {0}, outside[MAX_LEVELS] = {0};
     int failures = 0;
     for (int i = 0; i < n_levels; i++)
         for (int r = 0; r < reps; r++) {
@@ -311,30 +355,44 @@ int main(int argc, char **argv) {
             child c;
             if (serve_start(moe, model, threads, levels[i], n + 16, &c)) return 1;
             int bad = 0;
-            run_streams(c.port, levels[i], n, toks, &bad); /* warm-up round, untimed */
-            double v = run_streams(c.port, levels[i], n, toks, &bad);
+            double wall, st0[2] = {0}, st1[2] = {0};
+            run_streams(c.port, levels[i], n, toks, &bad, &wall); /* warm-up round, untimed */
+            int scraped = !scrape_steps(c.port, &st0[0], &st0[1]);
+            double v = run_streams(c.port, levels[i], n, toks, &bad, &wall);
+            scraped &= !scrape_steps(c.port, &st1[0], &st1[1]);
             failures += bad;
             int code = serve_stop(&c);
             if (code != 0) {
                 fprintf(stderr, "bench_server: moe serve exited with %d\n", code);
                 failures++;
             }
-            fprintf(stderr, "bench_server: %d streams, run %d: engine %.2f, server %.2f tokens/s\n", levels[i], r + 1, e, v);
+            double steps = st1[0] - st0[0], in_steps = st1[1] - st0[1];
+            fprintf(stderr, "bench_server: %d streams, run %d: engine %.2f, server %.2f tokens/s", levels[i], r + 1, e, v);
+            if (scraped)
+                fprintf(stderr, " (%.0f steps, %.3f of %.3f s in steps: %.1f%% outside)", steps, in_steps, wall,
+                        100.0 * (wall - in_steps) / wall);
+            fprintf(stderr, "\n");
             if (e > eng[i]) eng[i] = e;
-            if (v > srv[i]) srv[i] = v;
+            if (v > srv[i]) {
+                srv[i] = v;
+                n_steps[i] = scraped ? steps : -1;
+                outside[i] = scraped ? 100.0 * (wall - in_steps) / wall : -1;
+            }
         }
     if (json) {
         printf("{\"model\": \"%s\", \"threads\": %d, \"n_tokens\": %d, \"reps\": %d, \"levels\": [", model, threads, n,
                reps);
         for (int i = 0; i < n_levels; i++)
-            printf("%s{\"streams\": %d, \"engine_tg\": %.3f, \"server_tg\": %.3f, \"overhead_pct\": %.2f}", i ? ", " : "",
-                   levels[i], eng[i], srv[i], 100.0 * (eng[i] - srv[i]) / eng[i]);
+            printf("%s{\"streams\": %d, \"engine_tg\": %.3f, \"server_tg\": %.3f, \"overhead_pct\": %.2f, "
+                   "\"server_steps\": %.0f, \"outside_steps_pct\": %.2f}",
+                   i ? ", " : "", levels[i], eng[i], srv[i], 100.0 * (eng[i] - srv[i]) / eng[i], n_steps[i], outside[i]);
         printf("], \"failed_streams\": %d}\n", failures);
     } else {
         printf("model %s, %d threads, %d tokens per stream, best of %d paired runs\n", model, threads, n, reps);
-        printf("streams  engine tokens/s  server tokens/s  overhead\n");
+        printf("streams  engine tokens/s  server tokens/s  overhead  server steps  outside steps\n");
         for (int i = 0; i < n_levels; i++)
-            printf("%7d  %15.2f  %15.2f  %7.1f%%\n", levels[i], eng[i], srv[i], 100.0 * (eng[i] - srv[i]) / eng[i]);
+            printf("%7d  %15.2f  %15.2f  %7.1f%%  %12.0f  %12.1f%%\n", levels[i], eng[i], srv[i],
+                   100.0 * (eng[i] - srv[i]) / eng[i], n_steps[i], outside[i]);
     }
     return failures ? 1 : 0;
 }
