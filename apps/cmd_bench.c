@@ -3,7 +3,10 @@
  * Decoding a MoE model reads, per token, the attention and router weights, the shared experts,
  * the K routed experts each token selects, the output head and the KV cache. The fastest
  * possible decode is bandwidth ÷ those bytes; this command measures both terms in the same run
- * (its own bandwidth probe) and reports decode tokens/s as a percentage of that limit.
+ * (its own bandwidth probe, run just before and just after every timed decode run, the better
+ * of the two counting for that run) and reports decode tokens/s as a percentage of that limit:
+ * the median over runs of each run's own ratio, since a shared machine's bandwidth drifts by
+ * tens of percent between runs.
  *
  * Batched decode (--batch 1,4,16): n sequences decode together through moe_engine_step, one
  * token each per step. A step reads the dense weights and the head once, each distinct expert
@@ -14,7 +17,9 @@
  * Prefill (pp) is also given as a share of the machine's int8 peak: int8 ops per prompt token
  * (2 × the multiply-adds of the W8A8 products, moe_model_matmul_macs; attention scores, router
  * and head left out) × pp ÷ the peak measured in the same run by moe_kern_int8_peak (a loop of
- * independent vpdpbusd zmm — or vpmaddubsw ymm without VNNI — on every thread). */
+ * independent vpdpbusd zmm — or vpmaddubsw ymm without VNNI — on every thread), and also ÷
+ * 128 ops per cycle per core (one 512-bit vpdpbusd per cycle) at the clock measured in the same
+ * run (moe_kern_clock_hz): cores with two VNNI pipes (AMD Zen 5) measure 256. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +39,10 @@ static void usage(FILE *f) {
             "  --batch N,N,...  also decode N sequences together (moe_engine_step), -n steps each;\n"
             "          total tokens/s and %% of that batch's own roofline (distinct experts per step)\n"
             "  --json  one JSON object: pp, tg, bandwidth_gbs, active_bytes_per_token, roofline_pct,\n"
-            "          int8_peak_gops, pp_int8_peak_pct, batch: [{n, tg, roofline_pct}, ...]\n");
+            "          int8_peak_gops, pp_int8_peak_pct, clock_ghz, int8_ops_per_cycle_core, pp_int8_128_pct,\n"
+            "          batch: [{n, tg, roofline_pct, bandwidth_gbs}, ...]\n\n"
+            "The bandwidth probe runs next to every timed decode run; roofline_pct is the median of each\n"
+            "run's tokens/s against its own bandwidth.\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -51,12 +59,12 @@ static double median(double *v, int n) {
 
 typedef struct {
     int n;
-    double tg, roof_pct, bytes_step, limit;
+    double tg, roof_pct, bytes_step, limit, bw;
 } batch_res;
 
 /* n sequences decode n_g steps together; returns MOE_OK and fills r */
 static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t *toks, int n_toks, batch_res *r,
-                            double bw, char *err, size_t errlen) {
+                            moe_membw *probe, moe_pool *pool, char *err, size_t errlen) {
     const moe_hparams *hp = moe_model_hparams(m);
     moe_engine_params ep = moe_engine_default_params();
     ep.n_batch = n;
@@ -83,6 +91,7 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
     const double base = (double)moe_model_active_bytes(m) -
                         (double)moe_model_n_moe_layers(m) * hp->n_expert_used * eb;
     const double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
+    double bw = probe ? moe_membw_run(probe, pool, 3) : 0.0; /* bandwidth next to the timed steps */
     double bytes = 0, t0 = cli_now();
     for (int k = 0; k < n_g; k++) {
         for (int il = 0; il < hp->n_layer; il++) {
@@ -101,6 +110,11 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
         bytes += base + distinct * eb + kv_row * (double)n * (double)(k + 2);
     }
     double dt = cli_now() - t0;
+    if (probe) {
+        double after = moe_membw_run(probe, pool, 3);
+        bw = after > bw ? after : bw;
+    }
+    r->bw = bw;
     r->n = n;
     r->tg = (double)n * n_g / dt;
     r->bytes_step = bytes / n_g;
@@ -162,7 +176,9 @@ int moe_cmd_bench(int argc, char **argv) {
     moe_model *m = NULL;
     moe_ctx *c = NULL;
     int32_t *toks = NULL;
-    double *pp = NULL, *tg = NULL;
+    double *pp = NULL, *tg = NULL, *bws = NULL, *ratio = NULL;
+    moe_pool *pool = NULL;
+    moe_membw *probe = NULL;
     int rc = 1;
     if (moe_model_open(model, &m, err, sizeof err)) {
         cli_fail("bench", "%s", err);
@@ -181,23 +197,28 @@ int moe_cmd_bench(int argc, char **argv) {
     moe_model_describe(m, desc, sizeof desc);
     if (!json) fprintf(stderr, "bench: %s\nbench: %d threads, %s kernels\n", desc, nth, moe_kern_simd_name());
 
-    /* bandwidth probe with the same thread count */
-    moe_pool *pool = moe_pool_init(nth);
-    double bw = pool ? moe_membw_probe(pool, (size_t)1 << 30, 5) : 0.0;
+    /* bandwidth probe with the same thread count, run again next to every timed decode run */
+    pool = moe_pool_init(nth);
+    probe = moe_membw_new((size_t)1 << 30);
     double peak = pool ? moe_kern_int8_peak(pool, 0.5) : 0.0; /* int8 ops/s, all threads */
-    moe_pool_free(pool);
+    double hz = pool ? moe_kern_clock_hz(pool, 0.2) : 0.0;    /* busy core clock */
 
     /* deterministic pseudo-random tokens */
     size_t nt = (size_t)(n_p > n_g ? n_p : n_g) + 1;
     toks = malloc(sizeof(int32_t) * nt);
     pp = calloc((size_t)reps, sizeof(double));
     tg = calloc((size_t)reps, sizeof(double));
-    if (!toks || !pp || !tg) goto out;
+    bws = calloc((size_t)reps, sizeof(double));
+    ratio = calloc((size_t)reps, sizeof(double));
+    if (!toks || !pp || !tg || !bws || !ratio || !pool || !probe) goto out;
     uint32_t x = 12345;
     for (size_t i = 0; i < nt; i++) {
         x = x * 1664525u + 1013904223u;
         toks[i] = (int32_t)((x >> 8) % (uint32_t)hp->n_vocab);
     }
+    /* active bytes: weights per token + the average KV cache read over the decode run */
+    double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
+    double active = (double)moe_model_active_bytes(m) + kv_row * (1.0 + (double)n_g / 2.0);
     /* warm-up (page in the weights) */
     moe_ctx_eval(c, toks, 1, NULL);
     for (int r = 0; r < reps; r++) {
@@ -210,24 +231,29 @@ int moe_cmd_bench(int argc, char **argv) {
         if (n_g > 0) {
             moe_ctx_truncate(c, 0);
             if (moe_ctx_eval(c, toks, 1, NULL)) goto eval_fail;
+            double before = moe_membw_run(probe, pool, 3);
             double t0 = cli_now();
             for (long long i = 0; i < n_g; i++)
                 if (moe_ctx_eval(c, &toks[i + 1], 1, NULL)) goto eval_fail;
             tg[r] = (double)n_g / (cli_now() - t0);
+            double after = moe_membw_run(probe, pool, 3);
+            bws[r] = after > before ? after : before; /* the better of the probes just before and after */
+            ratio[r] = 100.0 * tg[r] * active / bws[r];
         }
     }
     double pp_med = n_p > 0 ? median(pp, (int)reps) : 0, tg_med = n_g > 0 ? median(tg, (int)reps) : 0;
-    /* active bytes: weights per token + the average KV cache read over the decode run */
-    double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
-    double active = (double)moe_model_active_bytes(m) + kv_row * (1.0 + (double)n_g / 2.0);
-    double limit = bw > 0 ? bw / active : 0, roof = limit > 0 ? 100.0 * tg_med / limit : 0;
+    double bw = n_g > 0 ? median(bws, (int)reps) : moe_membw_run(probe, pool, 5);
+    /* roofline share: the median over runs of each run's tokens/s against its own bandwidth */
+    double limit = bw > 0 ? bw / active : 0, roof = n_g > 0 ? median(ratio, (int)reps) : 0;
     /* prefill as a share of the int8 peak (only meaningful when the products run W8A8) */
     const double pp_ops = 2.0 * (double)moe_model_matmul_macs(m);
     const int w8a8 = moe_kern_int8_enabled() && moe_kern_level() > 0;
     double pp_peak = peak > 0 ? 100.0 * pp_med * pp_ops / peak : 0;
+    /* the same against 128 int8 ops per cycle per core (a 512-bit vpdpbusd per cycle) at the measured clock */
+    double peak128 = 128.0 * hz * nth, pp_peak128 = peak128 > 0 ? 100.0 * pp_med * pp_ops / peak128 : 0;
     batch_res br[MAX_BATCHES];
     for (int b = 0; b < n_batches; b++) {
-        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], bw, err, sizeof err)) {
+        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, err, sizeof err)) {
             cli_fail("bench", "batch %d: %s", batches[b], err);
             goto out;
         }
@@ -239,23 +265,29 @@ int moe_cmd_bench(int argc, char **argv) {
         printf("{\"model\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"w8a8\": %s, \"n_prompt\": %lld, \"n_gen\": %lld, "
                "\"reps\": %lld, \"pp\": %.3f, \"tg\": %.3f, \"bandwidth_gbs\": %.3f, \"active_bytes_per_token\": %.0f, "
                "\"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"int8_peak_gops\": %.1f, \"pp_int8_ops_per_token\": %.0f, "
-               "\"pp_int8_peak_pct\": %.2f, \"batch\": [",
+               "\"pp_int8_peak_pct\": %.2f, \"clock_ghz\": %.3f, \"int8_ops_per_cycle_core\": %.1f, \"pp_int8_128_pct\": %.2f, "
+               "\"batch\": [",
                model, nth, moe_kern_simd_name(), w8a8 ? "true" : "false", n_p, n_g, reps, pp_med, tg_med, bw / 1e9, active,
-               limit, roof, peak / 1e9, pp_ops, pp_peak);
+               limit, roof, peak / 1e9, pp_ops, pp_peak, hz / 1e9, hz > 0 ? peak / hz / nth : 0.0, pp_peak128);
         for (int b = 0; b < n_batches; b++)
-            printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f}",
-                   b ? ", " : "", br[b].n, br[b].tg, br[b].limit, br[b].roof_pct, br[b].bytes_step);
+            printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f, "
+                   "\"bandwidth_gbs\": %.3f}",
+                   b ? ", " : "", br[b].n, br[b].tg, br[b].limit, br[b].roof_pct, br[b].bytes_step, br[b].bw / 1e9);
         printf("]}\n");
     } else {
-        printf("memory read bandwidth   %8.2f GB/s (probe, %d threads)\n", bw / 1e9, nth);
+        printf("memory read bandwidth   %8.2f GB/s (probe, %d threads; median of the probes next to each decode run)\n",
+               bw / 1e9, nth);
         printf("active bytes per token  %8s (weights %s + KV cache)\n", cli_bytes(active, b1, sizeof b1),
                cli_bytes((double)moe_model_active_bytes(m), b2, sizeof b2));
         printf("pp%-5lld %10.2f tokens/s (median of %lld)\n", n_p, pp_med, reps);
-        printf("tg%-5lld %10.2f tokens/s (median of %lld)  roofline %.2f tokens/s  -> %.1f%% of roofline\n", n_g, tg_med,
-               reps, limit, roof);
-        printf("int8 peak               %8.1f Gops/s (vpdpbusd/vpmaddubsw probe, %d threads)\n", peak / 1e9, nth);
-        printf("pp%-5lld %10.2f tokens/s x %.2f Gops/token -> %.1f%% of int8 peak%s\n", n_p, pp_med, pp_ops / 1e9, pp_peak,
-               w8a8 ? "" : " (W8A8 off: F32 activations)");
+        printf("tg%-5lld %10.2f tokens/s (median of %lld)  roofline %.2f tokens/s  -> %.1f%% of roofline (median of "
+               "per-run ratios)\n",
+               n_g, tg_med, reps, limit, roof);
+        printf("int8 peak               %8.1f Gops/s (vpdpbusd/vpmaddubsw probe, %d threads: %.0f ops/cycle/core at %.2f "
+               "GHz)\n",
+               peak / 1e9, nth, hz > 0 ? peak / hz / nth : 0.0, hz / 1e9);
+        printf("pp%-5lld %10.2f tokens/s x %.2f Gops/token -> %.1f%% of int8 peak, %.1f%% of 128 ops/cycle/core%s\n", n_p,
+               pp_med, pp_ops / 1e9, pp_peak, pp_peak128, w8a8 ? "" : " (W8A8 off: F32 activations)");
         for (int b = 0; b < n_batches; b++)
             printf("batch %-3d %10.2f tokens/s total  roofline %.2f tokens/s (%s per step)  -> %.1f%% of roofline\n",
                    br[b].n, br[b].tg, br[b].limit, cli_bytes(br[b].bytes_step, b1, sizeof b1), br[b].roof_pct);
@@ -268,6 +300,10 @@ out:
     free(toks);
     free(pp);
     free(tg);
+    free(bws);
+    free(ratio);
+    moe_membw_free(probe);
+    moe_pool_free(pool);
     moe_ctx_free(c);
     moe_model_close(m);
     return rc;

@@ -30,20 +30,47 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-double moe_membw_probe(moe_pool *pool, size_t bytes, int reps) {
+struct moe_membw {
+    float *buf;
+    size_t bytes;
+};
+
+moe_membw *moe_membw_new(size_t bytes) {
     if (!bytes) bytes = (size_t)1 << 30;
-    size_t n = bytes / sizeof(float);
-    float *buf = aligned_alloc(64, n * sizeof(float));
-    if (!buf) return 0.0;
-    memset(buf, 1, n * sizeof(float)); /* commit the pages */
-    bw_job j = {buf, n, {0}};
+    moe_membw *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
+    b->bytes = bytes / 64 * 64;
+    b->buf = aligned_alloc(64, b->bytes);
+    if (!b->buf) {
+        free(b);
+        return NULL;
+    }
+    memset(b->buf, 1, b->bytes); /* commit the pages */
+    return b;
+}
+
+double moe_membw_run(moe_membw *b, moe_pool *pool, int reps) {
+    bw_job j = {b->buf, b->bytes / sizeof(float), {0}};
     double best = 0.0;
     for (int r = 0; r < reps; r++) {
         double t0 = now();
         moe_pool_run(pool, bw_worker, &j);
         double dt = now() - t0;
-        if (dt > 0 && (double)bytes / dt > best) best = (double)bytes / dt;
+        if (dt > 0 && (double)b->bytes / dt > best) best = (double)b->bytes / dt;
     }
-    free(buf);
     return best;
+}
+
+void moe_membw_free(moe_membw *b) {
+    if (!b) return;
+    free(b->buf);
+    free(b);
+}
+
+double moe_membw_probe(moe_pool *pool, size_t bytes, int reps) {
+    moe_membw *b = moe_membw_new(bytes);
+    if (!b) return 0.0;
+    double r = moe_membw_run(b, pool, reps);
+    moe_membw_free(b);
+    return r;
 }

@@ -118,6 +118,10 @@ void moe_kern_set_int8(int on);
 /* Measured int8 peak of this machine: int8 ops/s (multiply-add = 2) of the dot-product
  * instruction the W8A8 kernels use, run on every pool thread for `seconds` (kern_q8.c). */
 double moe_kern_int8_peak(moe_pool *pool, double seconds);
+/* Core clock while busy, measured: a chain of dependent 1-cycle integer adds on every pool
+ * thread for `seconds`; returns the mean over threads of each one's best 20 ms slice, in Hz
+ * (0 where the chain is not implemented). Used to state the int8 peak in ops per cycle. */
+double moe_kern_clock_hz(moe_pool *pool, double seconds);
 
 /* Dot product of n floats (SIMD where available; fixed summation order per n). */
 float moe_kern_dot(const float *a, const float *b, int64_t n);

@@ -86,10 +86,17 @@ int main(void) {
     json_error_t je;
     json_t *j = json_loads(out, 0, &je);
     CHECK(j != NULL, "bench --json is JSON: %s", out);
-    const char *keys[] = {"pp", "tg", "bandwidth_gbs", "active_bytes_per_token", "roofline_pct", "batch"};
+    const char *keys[] = {"pp", "tg", "bandwidth_gbs", "active_bytes_per_token", "roofline_pct", "batch", "int8_peak_gops",
+                          "clock_ghz", "int8_ops_per_cycle_core", "pp_int8_128_pct"};
     for (size_t i = 0; j && i < sizeof keys / sizeof keys[0]; i++) CHECK(json_object_get(j, keys[i]) != NULL, "bench key %s", keys[i]);
     if (j) CHECK(json_number_value(json_object_get(j, "tg")) > 0 && json_number_value(json_object_get(j, "bandwidth_gbs")) > 0,
                  "bench measured something");
+#if defined(__x86_64__) || defined(__aarch64__)
+    if (j) { /* the busy clock of any core this runs on: between 0.5 and 7 GHz */
+        double ghz = json_number_value(json_object_get(j, "clock_ghz"));
+        CHECK(ghz > 0.5 && ghz < 7.0, "bench clock_ghz %.3f", ghz);
+    }
+#endif
     json_decref(j);
 
     /* --help everywhere, exit 0 */

@@ -546,15 +546,16 @@ typedef struct {
     double seconds, *ops;
 } peak_job;
 
-#ifdef MOE_X86
 #include <time.h>
-#define SLICE 0.02 /* seconds per measured slice */
 /* wall time, like the throughputs it is compared with (moe bench) */
 static double tnow(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+#define SLICE 0.02 /* seconds per measured slice */
+#ifdef MOE_X86
 
 /* The 12 accumulators are named variables, not an array: GCC kept an array in memory, which
  * turned every instruction into load + op + store and measured the store-forwarding latency
@@ -639,6 +640,56 @@ __attribute__((target("avx2"))) static double peak_avx2(double seconds) {
     return best * 12.0 * 32.0 * 2.0;
 }
 #endif
+
+/* 100 dependent adds per iteration: one per cycle on every x86-64 and aarch64 core */
+static double clock_chain(double seconds) {
+#if defined(__x86_64__) || defined(__aarch64__)
+    uint64_t v = 0;
+    double t0 = tnow(), ts = t0, t, best = 0;
+    long n = 0;
+    do {
+        for (int r = 0; r < 1000; r++) {
+#define A10 ADD1 ADD1 ADD1 ADD1 ADD1 ADD1 ADD1 ADD1 ADD1 ADD1
+#if defined(__x86_64__)
+#define ADD1 "add $1, %0\n\t"
+#else
+#define ADD1 "add %0, %0, #1\n\t"
+#endif
+            __asm__ volatile(A10 A10 A10 A10 A10 A10 A10 A10 A10 A10 : "+r"(v));
+#undef ADD1
+#undef A10
+        }
+        n += 1000;
+        if ((t = tnow()) - ts >= SLICE) {
+            best = (double)n / (t - ts) > best ? (double)n / (t - ts) : best;
+            n = 0;
+            ts = t;
+        }
+    } while (t - t0 < seconds);
+    if (best == 0) best = (double)n / (t - ts);
+    return best * 100.0;
+#else
+    (void)seconds;
+    return 0.0;
+#endif
+}
+
+static void clock_worker(void *arg, int ith, int nth) {
+    peak_job *j = arg;
+    j->ops[ith] = clock_chain(j->seconds);
+    (void)nth;
+}
+
+double moe_kern_clock_hz(moe_pool *pool, double seconds) {
+    double hz[256] = {0};
+    peak_job j = {seconds, hz};
+    int n = pool ? moe_pool_n_threads(pool) : 1;
+    if (pool) moe_pool_run(pool, clock_worker, &j);
+    else clock_worker(&j, 0, 1);
+    double s = 0;
+    for (int i = 0; i < n && i < 256; i++) s += hz[i];
+    return s / (n < 256 ? n : 256);
+}
 
 static void peak_worker(void *arg, int ith, int nth) {
     peak_job *j = arg;
