@@ -9,7 +9,7 @@
  *    temperature, top-k, top-p, both) on V = 102,400 and odd V;
  *  - edge cases: one finite logit among -inf, NaN logits, +inf, logits near ±FLT_MAX, tiny
  *    top-p, temperature 0, odd V; the draw's frequencies match softmax (double) where the
- *    vocabulary ends in a partial block.
+ *    vocabulary ends in a partial block (within 5.5 standard errors over 200,000 draws).
  * It also prints the time per token of each level at V = 102,400 (informational). */
 #include <float.h>
 #include <time.h>
@@ -216,7 +216,8 @@ int main(void) {
     static int hist[FV];
     for (int32_t i = 0; i < FV; i++) lg[i] = (float)(rnd() * 3.0);
     for (int32_t i = FV - 9; i < FV; i++) lg[i] = 6.0f + 0.1f * (float)(i - FV);
-    for (int lv = 0; lv <= top; lv += top ? top : 1) {
+    { /* at the best level only: the checks above tie every level to it token for token */
+        int lv = top;
         g_level = lv;
         memset(hist, 0, sizeof hist);
         moe_sampler_params fp = {1.0f, 1.0f, 0, 77};
@@ -231,7 +232,6 @@ int main(void) {
         }
         printf("level %d: softmax over V = %d, worst deviation %.2f standard errors over %d draws\n", lv, FV, dev, N);
         CHECK(dev < 5.5, "level %d: frequencies deviate by %.2f standard errors", lv, dev);
-        if (!top) break;
     }
 
     /* time per token at V = 102,400 (informational) */
