@@ -132,6 +132,21 @@ void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n);
 /* Dequantize a row (SIMD where available); same results as moe_dtype_dequant_row. */
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n);
 
+/* MLA attention of one query token for hn ≤ 16 heads at once over n keys of a latent cache
+ * (rows of W floats: [c_kv (Lkv), k_pe]). Head h's query is q + h·ldq (W floats); its output
+ * u + h·ldu (Lkv floats). For every head, in this order (the ref's, bit for bit at every level):
+ *   s_k = (fma chain over w = 0..W−1 of cache[k][w]·q[w], from 0) · scale
+ *   m = max_k s_k;  e_k = expf(s_k − m);  Σ = Σ_k e_k in double;  inv = (float)(1/Σ)
+ *   u = fma chain over k = 0..n−1 of (e_k·inv)·cache[k][0..Lkv), from 0.
+ * The result of a head does not depend on the other heads of the call. The SIMD forms keep the
+ * heads in the lanes of a vector: each cache element is loaded once for all heads (the keys are
+ * shared in MLA's latent space), instead of once per head. scratch: moe_kern_mla_scratch(W, n). */
+static inline size_t moe_kern_mla_scratch(int64_t W, int64_t n) { return (size_t)16 * (size_t)(W + n) + 16; }
+void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
+                       float scale, float *scratch, float *u, int64_t ldu);
+void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
+                           float scale, float *scratch, float *u, int64_t ldu);
+
 /* RMSNorm (spec deepseek2.md §4.2): sum of squares in double, y = (x·scale)·w. */
 void moe_kern_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
 /* Numerically stable in-place softmax. */

@@ -124,15 +124,16 @@ moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     }
     if (n_ctx == 0) n_ctx = hp->n_ctx_train > 0 ? hp->n_ctx_train : 4096;
     size_t nth = (size_t)moe_pool_n_threads(e->pool);
-    if ((size_t)n_ctx > e->scores_cap) {
-        float *sc = malloc(sizeof(float) * nth * (size_t)n_ctx);
+    size_t need = moe_kern_mla_scratch(hp->kv_lora_rank + hp->n_rot, n_ctx); /* floats per thread */
+    if (need > e->scores_cap) {
+        float *sc = malloc(sizeof(float) * nth * need);
         if (!sc) {
             snprintf(e->err, sizeof e->err, "sequence: out of memory for attention rows of %d tokens", n_ctx);
             return MOE_ERR_NOMEM;
         }
         free(e->scores);
         e->scores = sc;
-        e->scores_cap = (size_t)n_ctx;
+        e->scores_cap = need;
     }
     moe_seq *s = calloc(1, sizeof *s);
     if (!s) {

@@ -14,6 +14,7 @@
  * carved at its creation; a step allocates nothing. The result for a token does not depend on
  * which other tokens share its step (every product is computed per (row, token)). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,41 +70,34 @@ static inline float *tok_layer_cache(const moe_engine *c, int64_t t, int il) {
     return c->tok_cache[t] + (size_t)il * (size_t)c->tok_nctx[t] * (size_t)(hp->kv_lora_rank + hp->n_rot);
 }
 
-/* ---- attention over the latent cache, one (token, head) pair per work item ---- */
+/* ---- attention over the latent cache: one (token, group of up to 16 heads) per work item ----
+ * moe_kern_mla_attn keeps the group's heads in vector lanes, so every cache row is read once
+ * per group instead of once per head. Items are taken from a shared counter: under causal
+ * prefill a token's cost grows with its position, and a fixed split would leave one thread
+ * the long tail. Results do not depend on who takes an item. */
 
 typedef struct {
     moe_engine *c;
     int il;
     int64_t B;
+    _Alignas(64) _Atomic int64_t next;
 } attn_job;
 
 static void attn_worker(void *arg, int ith, int nth) {
     attn_job *j = arg;
     moe_engine *c = j->c;
     const moe_hparams *hp = &c->m->hp;
-    const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot;
+    const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot, G = (H + 15) / 16;
     float *sc = c->scores + (size_t)ith * c->scores_cap;
-    int64_t items = j->B * H;
-    for (int64_t it = items * ith / nth; it < items * (ith + 1) / nth; it++) {
-        int64_t t = it / H, hh = it % H;
-        const float *qv = c->qt + (t * H + hh) * W; /* [q̃ (Lkv), q_pe (R)] */
-        int64_t n_keys = c->tok_pos[t] + 1;         /* causal: keys at positions <= pos of t */
-        const float *cache = tok_layer_cache(c, t, j->il);
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < n_keys; s++) {
-            float v = moe_kern_dot(qv, cache + s * W, W) * hp->kq_scale;
-            sc[s] = v;
-            mx = v > mx ? v : mx;
-        }
-        double sum = 0.0;
-        for (int64_t s = 0; s < n_keys; s++) {
-            sc[s] = expf(sc[s] - mx);
-            sum += sc[s];
-        }
-        float inv = (float)(1.0 / sum);
-        float *u = c->u + (t * H + hh) * Lkv;
-        memset(u, 0, (size_t)Lkv * sizeof(float));
-        for (int64_t s = 0; s < n_keys; s++) moe_kern_axpy(u, sc[s] * inv, cache + s * W, Lkv);
+    (void)nth;
+    for (;;) {
+        int64_t it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (it >= j->B * G) break;
+        int64_t t = it / G, h0 = (it % G) * 16;
+        int hn = (int)(H - h0 < 16 ? H - h0 : 16);
+        /* queries [q̃ (Lkv), q_pe (R)] of heads h0.., keys at positions <= pos of t (causal) */
+        moe_kern_mla_attn(c->qt + (t * H + h0) * W, W, hn, tok_layer_cache(c, t, j->il), W, c->tok_pos[t] + 1, Lkv,
+                          hp->kq_scale, sc, c->u + (t * H + h0) * Lkv, Lkv);
     }
 }
 
@@ -150,7 +144,8 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             memcpy(qpe, c->q + t * H * Dk + hh * Dk + Dn, (size_t)R * sizeof(float));
             rope_apply(qpe, c->rope + t * R, (int)R);
         }
-    attn_job aj = {c, il, B};
+    attn_job aj = {c, il, B, 0};
+    atomic_init(&aj.next, 0);
     moe_pool_run(c->pool, attn_worker, &aj);
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {

@@ -84,7 +84,7 @@ struct moe_engine {
     uint64_t *counts;    /* (L, E) routing counters */
     moe_route_observer_fn route_fn; /* optional, with route_ud (borrowed) */
     void *route_ud;
-    float *scores;       /* owned, separate: (n_threads, scores_cap), grown by moe_seq_init */
+    float *scores;       /* owned, separate: (n_threads, scores_cap) attention scratch (moe_kern_mla_scratch), grown by moe_seq_init */
     size_t scores_cap;
     int32_t n_seq_live;
     char err[256];

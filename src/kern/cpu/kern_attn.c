@@ -1,0 +1,175 @@
+/* moekit kernels: MLA attention of one query token for up to 16 heads (kern.h), SIMD forms.
+ *
+ * In MLA every head attends over the same latent cache rows, so the heads go in the lanes of a
+ * vector (16 floats: one zmm, or two ymm on AVX2): a cache element is loaded once, broadcast, and
+ * multiplied into all heads' queries at once. Scores: 8 keys per pass, 8 accumulators, the
+ * queries transposed once into (W, 16) so one load serves the 8 keys. Values: 4 heads × 64
+ * columns per pass (16 accumulators), one load of each cache element per 4 heads. Every
+ * (head, key) score and every (head, column) output is the same fma chain as in the ref, in the
+ * same order, and expf is the same scalar function: results equal moe_kern_mla_attn_ref bit for
+ * bit. */
+#include <math.h>
+
+#include "kern/kern.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Lane-parallel pieces shared by both forms, written once over a 16-float "vector" type V with
+ * the operations LOAD, STORE, SET1, ZERO, FMA(a, b, c) = a·b + c, MUL, MAX. */
+#define MLA_BODY                                                                                                       \
+    float *qt = scratch, *s = scratch + 16 * W;                                                                        \
+    for (int64_t w = 0; w < W; w++)                                                                                    \
+        for (int h = 0; h < 16; h++) qt[w * 16 + h] = h < hn ? q[h * ldq + w] : 0.0f;                                  \
+    const V vs = SET1(scale);                                                                                          \
+    V mx = SET1(-INFINITY);                                                                                            \
+    int64_t k = 0;                                                                                                     \
+    for (; k + 8 <= n; k += 8) { /* 8 keys: 8 independent chains over w */                                             \
+        const float *c0 = cache + k * W;                                                                               \
+        V a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO(), a4 = ZERO(), a5 = ZERO(), a6 = ZERO(), a7 = ZERO();      \
+        for (int64_t w = 0; w < W; w++) {                                                                              \
+            const V qv = LOAD(qt + 16 * w);                                                                            \
+            a0 = FMA(SET1(c0[w]), qv, a0);                                                                             \
+            a1 = FMA(SET1(c0[W + w]), qv, a1);                                                                         \
+            a2 = FMA(SET1(c0[2 * W + w]), qv, a2);                                                                     \
+            a3 = FMA(SET1(c0[3 * W + w]), qv, a3);                                                                     \
+            a4 = FMA(SET1(c0[4 * W + w]), qv, a4);                                                                     \
+            a5 = FMA(SET1(c0[5 * W + w]), qv, a5);                                                                     \
+            a6 = FMA(SET1(c0[6 * W + w]), qv, a6);                                                                     \
+            a7 = FMA(SET1(c0[7 * W + w]), qv, a7);                                                                     \
+        }                                                                                                              \
+        V r[8] = {MUL(a0, vs), MUL(a1, vs), MUL(a2, vs), MUL(a3, vs), MUL(a4, vs), MUL(a5, vs), MUL(a6, vs),           \
+                  MUL(a7, vs)};                                                                                        \
+        for (int j = 0; j < 8; j++) {                                                                                  \
+            STORE(s + 16 * (k + j), r[j]);                                                                             \
+            mx = MAX(r[j], mx); /* v > m ? v : m, key by key as the ref */                                             \
+        }                                                                                                              \
+    }                                                                                                                  \
+    for (; k < n; k++) {                                                                                               \
+        V a = ZERO();                                                                                                  \
+        for (int64_t w = 0; w < W; w++) a = FMA(SET1(cache[k * W + w]), LOAD(qt + 16 * w), a);                        \
+        a = MUL(a, vs);                                                                                                \
+        STORE(s + 16 * k, a);                                                                                          \
+        mx = MAX(a, mx);                                                                                               \
+    }                                                                                                                  \
+    float m16[16], inv16[16];                                                                                          \
+    STORE(m16, mx);                                                                                                    \
+    double sum[16] = {0};                                                                                              \
+    for (int64_t kk = 0; kk < n; kk++)                                                                                 \
+        for (int h = 0; h < hn; h++) {                                                                                 \
+            float e = expf(s[16 * kk + h] - m16[h]);                                                                   \
+            s[16 * kk + h] = e;                                                                                        \
+            sum[h] += e;                                                                                               \
+        }                                                                                                              \
+    for (int h = 0; h < 16; h++) inv16[h] = h < hn ? (float)(1.0 / sum[h]) : 0.0f;                                     \
+    const V vinv = LOAD(inv16);                                                                                        \
+    for (int64_t kk = 0; kk < n; kk++) STORE(s + 16 * kk, MUL(LOAD(s + 16 * kk), vinv)); /* p = e·inv */              \
+    /* values: u_h[c] = Σ_k p_kh · cache[k][c], 4 heads × 4 vectors of columns per pass */                            \
+    for (int hg = 0; hg < hn; hg += 4) {                                                                               \
+        const int nh = hn - hg < 4 ? hn - hg : 4;                                                                      \
+        int64_t c = 0;                                                                                                 \
+        for (; c + 4 * VL <= Lkv; c += 4 * VL) {                                                                       \
+            V acc[4][4];                                                                                               \
+            for (int i = 0; i < 4; i++)                                                                                \
+                for (int j = 0; j < 4; j++) acc[i][j] = ZERO();                                                        \
+            for (int64_t kk = 0; kk < n; kk++) {                                                                       \
+                const float *row = cache + kk * W + c;                                                                 \
+                const V v0 = LOAD(row), v1 = LOAD(row + VL), v2 = LOAD(row + 2 * VL), v3 = LOAD(row + 3 * VL);         \
+                for (int i = 0; i < 4; i++) {                                                                          \
+                    const V p = SET1(s[16 * kk + hg + i]);                                                             \
+                    acc[i][0] = FMA(p, v0, acc[i][0]);                                                                 \
+                    acc[i][1] = FMA(p, v1, acc[i][1]);                                                                 \
+                    acc[i][2] = FMA(p, v2, acc[i][2]);                                                                 \
+                    acc[i][3] = FMA(p, v3, acc[i][3]);                                                                 \
+                }                                                                                                      \
+            }                                                                                                          \
+            for (int i = 0; i < nh; i++)                                                                               \
+                for (int j = 0; j < 4; j++) STORE(u + (hg + i) * ldu + c + j * VL, acc[i][j]);                         \
+        }                                                                                                              \
+        for (; c < Lkv; c++) /* columns past the last full pass */                                                     \
+            for (int i = 0; i < nh; i++) {                                                                             \
+                float acc = 0.0f;                                                                                      \
+                for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + hg + i], cache[kk * W + c], acc);            \
+                u[(hg + i) * ldu + c] = acc;                                                                           \
+            }                                                                                                          \
+    }
+
+/* AVX-512: V = __m512 */
+__attribute__((target("avx2,fma,avx512f"))) static void mla_avx512(const float *q, int64_t ldq, int hn,
+                                                                   const float *cache, int64_t W, int64_t n,
+                                                                   int64_t Lkv, float scale, float *scratch, float *u,
+                                                                   int64_t ldu) {
+    typedef __m512 V;
+    enum { VL = 16 };
+#define LOAD(p) _mm512_loadu_ps(p)
+#define STORE(p, v) _mm512_storeu_ps(p, v)
+#define SET1(x) _mm512_set1_ps(x)
+#define ZERO() _mm512_setzero_ps()
+#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define MUL(a, b) _mm512_mul_ps(a, b)
+#define MAX(a, b) _mm512_max_ps(a, b)
+    MLA_BODY
+#undef LOAD
+#undef STORE
+#undef SET1
+#undef ZERO
+#undef FMA
+#undef MUL
+#undef MAX
+}
+
+/* AVX2: V = two __m256 (lanes 0-7, 8-15) */
+typedef struct {
+    __m256 lo, hi;
+} v2x8;
+
+#define A2 __attribute__((target("avx2,fma"), always_inline)) static inline
+A2 v2x8 v_load(const float *p) { return (v2x8){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+A2 void v_store(float *p, v2x8 v) {
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+A2 v2x8 v_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+A2 v2x8 v_fma(v2x8 a, v2x8 b, v2x8 c) { return (v2x8){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+A2 v2x8 v_mul(v2x8 a, v2x8 b) { return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+A2 v2x8 v_max(v2x8 a, v2x8 b) { return (v2x8){_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+#undef A2
+
+__attribute__((target("avx2,fma"))) static void mla_avx2(const float *q, int64_t ldq, int hn, const float *cache,
+                                                         int64_t W, int64_t n, int64_t Lkv, float scale,
+                                                         float *scratch, float *u, int64_t ldu) {
+    typedef v2x8 V;
+    enum { VL = 16 };
+#define LOAD(p) v_load(p)
+#define STORE(p, v) v_store(p, v)
+#define SET1(x) v_set1(x)
+#define ZERO() v_set1(0.0f)
+#define FMA(a, b, c) v_fma(a, b, c)
+#define MUL(a, b) v_mul(a, b)
+#define MAX(a, b) v_max(a, b)
+    MLA_BODY
+#undef LOAD
+#undef STORE
+#undef SET1
+#undef ZERO
+#undef FMA
+#undef MUL
+#undef MAX
+}
+#endif
+
+void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
+                       float scale, float *scratch, float *u, int64_t ldu) {
+#if defined(__x86_64__)
+    const int l = moe_kern_level();
+    if (hn >= 1 && hn <= 16 && l == 2) {
+        mla_avx512(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+        return;
+    }
+    if (hn >= 1 && hn <= 16 && l == 1) {
+        mla_avx2(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+        return;
+    }
+#endif
+    moe_kern_mla_attn_ref(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+}
