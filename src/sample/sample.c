@@ -394,43 +394,58 @@ static inline int level(void) {
 }
 
 static float k_max(const float *x, int32_t n) {
+    int l = level();
 #ifdef MOE_X86
-    if (level() == 2) return max_avx512(x, n);
-    if (level() == 1) return max_avx2(x, n);
+    if (l == 2) return max_avx512(x, n);
+    if (l == 1) return max_avx2(x, n);
 #endif
+    (void)l;
     return max_ref(x, n);
 }
 
 static int32_t k_next_gt(const float *x, int32_t from, int32_t n, float v) {
+    int l = level();
 #ifdef MOE_X86
-    if (level() == 2) return next_gt_avx512(x, from, n, v);
-    if (level() == 1) return next_gt_avx2(x, from, n, v);
+    if (l == 2) return next_gt_avx512(x, from, n, v);
+    if (l == 1) return next_gt_avx2(x, from, n, v);
 #endif
+    (void)l;
     return next_gt_ref(x, from, n, v);
 }
 
 static int32_t k_find(const float *x, int32_t n, float v) {
+    int l = level();
 #ifdef MOE_X86
-    if (level() == 2) return find_avx512(x, n, v);
-    if (level() == 1) return find_avx2(x, n, v);
+    if (l == 2) return find_avx512(x, n, v);
+    if (l == 1) return find_avx2(x, n, v);
 #endif
+    (void)l;
     return find_ref(x, n, v);
 }
 
 static void k_weights(const float *x, int32_t n, float mx, float invT, float *w, float *bs) {
+    int l = level();
 #ifdef MOE_X86
-    if (level() == 2) weights_avx512(x, n, mx, invT, w, bs);
-    else if (level() == 1) weights_avx2(x, n, mx, invT, w, bs);
-    else
+    if (l == 2) {
+        weights_avx512(x, n, mx, invT, w, bs);
+        return;
+    }
+    if (l == 1) {
+        weights_avx2(x, n, mx, invT, w, bs);
+        return;
+    }
 #endif
-        weights_ref(x, n, mx, invT, w, bs);
+    (void)l;
+    weights_ref(x, n, mx, invT, w, bs);
 }
 
 static int32_t k_above(const float *w, int32_t n, float tau, cand *c) {
+    int l = level();
 #ifdef MOE_X86
-    if (level() == 2) return above_avx512(w, n, tau, c);
-    if (level() == 1) return above_avx2(w, n, tau, c);
+    if (l == 2) return above_avx512(w, n, tau, c);
+    if (l == 1) return above_avx2(w, n, tau, c);
 #endif
+    (void)l;
     return above_ref(w, n, tau, c);
 }
 
