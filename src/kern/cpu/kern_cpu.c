@@ -191,10 +191,13 @@ void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float
 /* ---- sets of products, one pool job ----
  * Cost model for the row split: a tile of MOE_KERN_TILE rows of a product with input length
  * `in` over T tokens costs in·(8 + T) (streaming its weights ≈ 8 token-passes of arithmetic).
- * The cost range [0, C) is cut into 8 chunks per thread; threads take chunks from a shared
- * counter (tiles whose cumulative cost starts in the chunk), so a thread the OS preempts on a
- * loaded machine does not hold up the job: the others take its chunks. Results never depend on
- * who takes what: each (row, token) is computed whole by one thread in a fixed order. */
+ * The cost range [0, C) is cut into chunks of decreasing size (guided: each a 1/(2·threads)
+ * share of what is left, down to C/(32·threads), then equal), and threads take them in order
+ * from a shared counter: big chunks keep each weight stream long, the small last ones keep the
+ * threads finishing together, and a thread the OS preempts on a loaded machine does not hold up
+ * the job: the others take its chunks. Results never depend on who takes what: each
+ * (row, token) is computed whole by one thread in a fixed order. */
+#define MAX_CHUNKS 512
 typedef struct {
     const moe_kern_prod *p;
     int n, nq;
@@ -204,6 +207,7 @@ typedef struct {
     int qp[MOE_KERN_MAX_PRODS];                /* distinct W8A8 inputs: the product that owns each */
     int64_t qrow[MOE_KERN_MAX_PRODS + 1];      /* cumulative token rows of the distinct inputs */
     int64_t n_chunk;
+    int64_t bound[MAX_CHUNKS + 1]; /* chunk c covers costs [bound[c], bound[c+1]) */
     _Alignas(64) _Atomic int64_t next_chunk;
 } set_job;
 
@@ -243,12 +247,12 @@ static void set_chunk(set_job *j, int64_t lo, int64_t hi, int ith) {
 
 static void set_worker(void *arg, int ith, int nth) {
     set_job *j = arg;
-    const int64_t C = j->start[j->n], N = j->n_chunk;
+    const int64_t N = j->n_chunk;
     (void)nth;
     for (;;) {
         int64_t c = atomic_fetch_add_explicit(&j->next_chunk, 1, memory_order_relaxed);
         if (c >= N) break;
-        set_chunk(j, C * c / N, C * (c + 1) / N, ith);
+        set_chunk(j, j->bound[c], j->bound[c + 1], ith);
     }
 }
 
@@ -292,8 +296,23 @@ static void run_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_ker
         else
             set_quant_worker(&j, 0, 1);
     }
-    j.n_chunk = par ? 8 * (int64_t)moe_pool_n_threads(pool) : 1;
-    if (j.n_chunk > tiles) j.n_chunk = tiles > 0 ? tiles : 1;
+    /* guided chunks (see above); at most one per tile */
+    const int64_t C = j.start[n], nth = par ? moe_pool_n_threads(pool) : 1;
+    int64_t lim = tiles < MAX_CHUNKS ? tiles : MAX_CHUNKS, floor_c = C / (32 * nth) + 1;
+    j.bound[0] = 0;
+    j.n_chunk = 0;
+    if (!par || lim <= 1) {
+        j.bound[++j.n_chunk] = C;
+    } else {
+        int64_t at = 0;
+        while (at < C && j.n_chunk < lim - 1) {
+            int64_t step = (C - at) / (2 * nth);
+            step = step > floor_c ? step : floor_c;
+            at = at + step < C ? at + step : C;
+            j.bound[++j.n_chunk] = at;
+        }
+        if (at < C) j.bound[++j.n_chunk] = C;
+    }
     atomic_init(&j.next_chunk, 0);
     /* tiny sets (a router, one small head slice) are not worth a hand-off */
     if (!par || tiles < 2)
