@@ -12,11 +12,53 @@ typedef struct {
     float sums[256];
 } bw_job;
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* AVX-512: 8 streams of 64-byte loads OR-ed into 4 registers, prefetching 2 KB ahead; reads
+ * at least as fast as any kernel (the F32 dot alone read a few percent below the W8A8 kernels,
+ * which put decode above 100 % of "its" roofline). */
+__attribute__((target("avx512f"))) static float read_avx512(const float *p, size_t n) {
+    __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+    size_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        _mm_prefetch((const char *)(p + i + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 528), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 544), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 560), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 576), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 592), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 608), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + i + 624), _MM_HINT_T0);
+        a = _mm512_or_si512(a, _mm512_load_si512(p + i));
+        b = _mm512_or_si512(b, _mm512_load_si512(p + i + 16));
+        c = _mm512_or_si512(c, _mm512_load_si512(p + i + 32));
+        d = _mm512_or_si512(d, _mm512_load_si512(p + i + 48));
+        a = _mm512_or_si512(a, _mm512_load_si512(p + i + 64));
+        b = _mm512_or_si512(b, _mm512_load_si512(p + i + 80));
+        c = _mm512_or_si512(c, _mm512_load_si512(p + i + 96));
+        d = _mm512_or_si512(d, _mm512_load_si512(p + i + 112));
+    }
+    int32_t out[16];
+    _mm512_storeu_si512(out, _mm512_or_si512(_mm512_or_si512(a, b), _mm512_or_si512(c, d)));
+    float s = (float)(out[0] & 1);
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+#endif
+
 static void bw_worker(void *arg, int ith, int nth) {
     bw_job *j = arg;
     size_t a = j->n * (size_t)ith / (size_t)nth, b = j->n * (size_t)(ith + 1) / (size_t)nth;
-    static const float ones[4096] = {0};
+    a = a / 16 * 16; /* 64-byte aligned slices */
+    b = ith == nth - 1 ? j->n : b / 16 * 16;
     float s = 0.0f;
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        j->sums[ith & 255] = read_avx512(j->buf + a, b - a);
+        return;
+    }
+#endif
+    static const float ones[4096] = {0};
     for (size_t i = a; i < b; i += 4096) {
         size_t k = b - i < 4096 ? b - i : 4096;
         s += moe_kern_dot(j->buf + i, ones, (int64_t)k);
