@@ -372,9 +372,18 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
     const __m256i *sc = (const __m256i *)(const void *)(g + (size_t)nb * 512);
     __m512 acc[16];
     for (int k = 0; k < NT; k++) acc[k] = _mm512_setzero_ps();
+    const uint8_t *next = g + (size_t)nb * 544; /* the next group (prefetch only; may lie past the matrix) */
     for (int64_t b = 0; b < nb; b++) {
-        /* 8 blocks (4 KB) ahead, into the next group at the end of this one (best of 0/4/8/16, bench_kern) */
-        for (int c = 0; c < 8; c++) _mm_prefetch((const char *)(wq + 8 * (b + 8) + c), _MM_HINT_T0);
+        /* Two streams, both prefetched: the weights 8 blocks (4 KB) ahead and the scales 16 blocks
+         * ahead, each running on into the next group's weights or scales at the end of this one
+         * (prefetching the plain address b + 8 ran into this group's own scale lines instead,
+         * leaving the scales of the first 56 blocks and the start of the next group to demand
+         * misses). */
+        const char *pw = b + 8 < nb ? (const char *)(wq + 8 * (b + 8)) : (const char *)next + (size_t)(b + 8 - nb) * 512;
+        for (int c = 0; c < 8; c++) _mm_prefetch(pw + 64 * c, _MM_HINT_T0);
+        if (!(b & 1))
+            _mm_prefetch(b + 16 < nb ? (const char *)(sc + b + 16) : (const char *)next + (size_t)nb * 512 + (size_t)(b + 16 - nb) * 32,
+                         _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc + b));
         __m512i w[8];
         for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + 8 * b + c);
