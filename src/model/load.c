@@ -479,6 +479,8 @@ typedef struct {
     int n;
     uint8_t *dst;
     int64_t total; /* groups over all tensors */
+    int release;   /* drop the source pages of each finished range (file-backed, not the embedding) */
+    const uint8_t *keep0, *keep1; /* bytes that must stay mapped: the embedding table */
 } rp_job;
 
 static void rp_worker(void *arg, int ith, int nth) {
@@ -488,7 +490,14 @@ static void rp_worker(void *arg, int ith, int nth) {
         const moe_gguf_tensor *t = j->ts[k].t;
         const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, t->ne[0]);
         const int64_t ng = (int64_t)(t->nbytes / rb) / 16, a = g0 > base ? g0 - base : 0, b = g1 - base < ng ? g1 - base : ng;
-        if (j->ts[k].ok && a < b) moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+        if (j->ts[k].ok && a < b) {
+            moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+            /* whole pages inside this range: a private read-only file mapping refaults them from the
+             * file if anything reads them again, so peak memory stays near one copy of the model */
+            const uint8_t *s0 = (const uint8_t *)t->data + (size_t)a * 16 * rb, *s1 = (const uint8_t *)t->data + (size_t)b * 16 * rb;
+            uintptr_t pa = ((uintptr_t)s0 + 4095) & ~(uintptr_t)4095, pe = (uintptr_t)s1 & ~(uintptr_t)4095;
+            if (j->release && pe > pa && !(s1 > j->keep0 && s0 < j->keep1)) madvise((void *)pa, pe - pa, MADV_DONTNEED);
+        }
         if (j->ts[k].ok) base += ng;
     }
 }
@@ -565,7 +574,8 @@ static moe_status repack(moe_model *m, int release_src) {
         madvise(p, total, MADV_HUGEPAGE); /* a 2 MB page per TLB entry while weights stream */
 #endif
         moe_pool *pool = moe_pool_init(0);
-        rp_job j = {ts, (int)nt, p, groups};
+        const uint8_t *e0 = m->tok_embd.data, *e1 = e0 ? e0 + m->tok_embd.row_bytes * (size_t)hp->n_vocab : e0;
+        rp_job j = {ts, (int)nt, p, groups, release_src, e0, e1};
         if (pool) {
             moe_pool_run(pool, rp_worker, &j);
             moe_pool_free(pool);
@@ -586,15 +596,7 @@ static moe_status repack(moe_model *m, int release_src) {
                 }
             }
         }
-        for (size_t k = 0; k < nt; k++) {
-            if (!ts[k].ok) continue;
-            m->n_packed++;
-            const uint8_t *b = ts[k].t->data, *e = b + ts[k].t->nbytes;
-            if (!release_src || (e > m->tok_embd.data && b <= m->tok_embd.data)) continue;
-            /* whole pages inside the tensor: a private read-only file mapping refaults them from the file if read */
-            uintptr_t pa = ((uintptr_t)b + 4095) & ~(uintptr_t)4095, pe = (uintptr_t)e & ~(uintptr_t)4095;
-            if (pe > pa) madvise((void *)pa, pe - pa, MADV_DONTNEED);
-        }
+        for (size_t k = 0; k < nt; k++) m->n_packed += ts[k].ok;
     }
 out:
     free(v);

@@ -3,6 +3,7 @@
  * pairwise, the same order the AVX2 form uses, so both give bit-identical results. W8A8: activations to 32-value int8
  * blocks (moe_q8a), exact integer block dots, blocks accumulated in order with one fmaf each. */
 #include <math.h>
+#include <string.h>
 
 #include "kern/kern.h"
 #include "moe/dtype.h"
@@ -135,7 +136,12 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
                 const uint8_t *blk = row + (size_t)b * 34;
                 sc[b * 32 + 2 * j] = blk[0];
                 sc[b * 32 + 2 * j + 1] = blk[1];
-                for (int i = 0; i < 32; i++) wq[b * 512 + (i / 4) * 64 + j * 4 + i % 4] = blk[2 + i] ^ 0x80;
+                for (int c = 0; c < 8; c++) { /* 4 bytes of column c, each + 128 */
+                    uint32_t v;
+                    memcpy(&v, blk + 2 + 4 * c, 4);
+                    v ^= 0x80808080u;
+                    memcpy(wq + b * 512 + c * 64 + j * 4, &v, 4);
+                }
             }
         }
     }
