@@ -5,13 +5,18 @@
  *  - the same against moe_ctx (the one-sequence wrapper) evaluating the whole input at once;
  *  - errors leave every sequence unchanged: too many tokens, too many items, context full, bad
  *    token ids, a sequence twice, a sequence of another engine, an empty item;
- *  - routing counters sum to tokens × K per MoE layer and reset to zero. */
+ *  - routing counters sum to tokens × K per MoE layer and reset to zero;
+ *  - Q8_0 models repacked to R16 at load (VNNI machines) give the logits of the file's layout
+ *    (MOE_REPACK=0) bit for bit, prefill and decode. */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "moe/batch.h"
 #include "moe/dtype.h"
 #include "moe/init.h"
 #include "moe/model.h"
+#include "model/model_impl.h" /* n_packed: how many tensors the loader repacked */
 #include "testutil.h"
 
 #define NSEQ 4
@@ -199,6 +204,37 @@ static void check_model(const char *label, const moe_init_config *cfg) {
     moe_engine_free(e1);
     free(together);
     free(alone);
+    /* the R16 repacking changes no bit: the same tokens on the file's own layout */
+    setenv("MOE_REPACK", "0", 1);
+    moe_model *m0 = NULL;
+    CHECK(moe_model_open(path, &m0, err, sizeof err) == MOE_OK, "%s: open without repacking: %s", label, err);
+    unsetenv("MOE_REPACK");
+    if (m0) {
+        CHECK(m0->n_packed == 0, "%s: MOE_REPACK=0 still repacked %d tensors", label, m0->n_packed);
+        moe_ctx_params cp = moe_ctx_default_params();
+        cp.n_threads = 2;
+        cp.n_ctx = 64;
+        moe_ctx *c1 = NULL, *c0 = NULL;
+        CHECK(moe_ctx_init(m, &cp, &c1, err, sizeof err) == MOE_OK && moe_ctx_init(m0, &cp, &c0, err, sizeof err) == MOE_OK,
+              "%s: ctx: %s", label, err);
+        int same = 1;
+        if (c1 && c0) {
+            same &= moe_ctx_eval(c1, tok[1], TOTAL - 2, NULL) == MOE_OK && moe_ctx_eval(c0, tok[1], TOTAL - 2, NULL) == MOE_OK;
+            same &= !memcmp(moe_ctx_logits(c1), moe_ctx_logits(c0), sizeof(float) * (size_t)V);
+            for (int i = TOTAL - 2; i < TOTAL; i++) { /* decode steps */
+                same &= moe_ctx_eval(c1, &tok[1][i], 1, NULL) == MOE_OK && moe_ctx_eval(c0, &tok[1][i], 1, NULL) == MOE_OK;
+                same &= !memcmp(moe_ctx_logits(c1), moe_ctx_logits(c0), sizeof(float) * (size_t)V);
+            }
+        }
+        printf("%-10s %d tensors repacked to R16: logits %s the file layout's\n", label, m->n_packed,
+               same ? "bit-identical to" : "DIFFER from");
+        CHECK(same, "%s: repacked logits differ from the file layout's", label);
+        if (cfg->dtype == MOE_DTYPE_Q8_0 && moe_kern_level() == 2 && moe_kern_int8_enabled())
+            CHECK(m->n_packed > 0, "%s: a Q8_0 model on a VNNI machine was not repacked", label);
+        moe_ctx_free(c1);
+        moe_ctx_free(c0);
+        moe_model_close(m0);
+    }
     moe_model_close(m);
 }
 
