@@ -33,8 +33,9 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moe bench -m MODEL [-p 512] [-n 128] [-t N] [-r 3] [--batch 1,4,16] [--json]\n\n"
+            "usage: moe bench -m MODEL [-p 512] [-n 128] [-d 0] [-t N] [-r 3] [--batch 1,4,16] [--json]\n\n"
             "  -p N    prompt tokens for the prefill test (pp)     -n N   tokens decoded (tg)\n"
+            "  -d N    decode after N tokens of context (tg at depth N; the context is prefilled untimed)\n"
             "  -t N    threads (default: all cores)                -r N   repetitions; medians are reported\n"
             "  --batch N,N,...  also decode N sequences together (moe_engine_step), -n steps each;\n"
             "          total tokens/s and %% of that batch's own roofline (distinct experts per step)\n"
@@ -137,7 +138,7 @@ out:
 int moe_cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     int batches[MAX_BATCHES], n_batches = 0;
-    long long n_p = 512, n_g = 128, threads = 0, reps = 3;
+    long long n_p = 512, n_g = 128, threads = 0, reps = 3, depth = 0;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -155,6 +156,8 @@ int moe_cmd_bench(int argc, char **argv) {
             if (cli_int("bench", a, v, 0, 1 << 20, &n_p)) return 1;
         } else if (!strcmp(a, "-n")) {
             if (cli_int("bench", a, v, 0, 1 << 20, &n_g)) return 1;
+        } else if (!strcmp(a, "-d") || !strcmp(a, "--depth")) {
+            if (cli_int("bench", a, v, 0, 1 << 20, &depth)) return 1;
         } else if (!strcmp(a, "-t")) {
             if (cli_int("bench", a, v, 1, 1024, &threads)) return 1;
         } else if (!strcmp(a, "-r")) {
@@ -187,8 +190,8 @@ int moe_cmd_bench(int argc, char **argv) {
     const moe_hparams *hp = moe_model_hparams(m);
     moe_ctx_params p = moe_ctx_default_params();
     p.n_threads = (int32_t)threads;
-    p.n_ctx = (int32_t)(n_p > n_g + 1 ? n_p : n_g + 1) + 1;
-    p.n_batch = n_p > 0 ? (int32_t)n_p : 1;
+    p.n_ctx = (int32_t)(n_p > depth + n_g + 1 ? n_p : depth + n_g + 1) + 1;
+    p.n_batch = (int32_t)(n_p > 0 ? n_p : depth > 0 ? (depth < 512 ? depth : 512) : 1);
     if (moe_ctx_init(m, &p, &c, err, sizeof err)) {
         cli_fail("bench", "%s", err);
         goto out;
@@ -204,7 +207,7 @@ int moe_cmd_bench(int argc, char **argv) {
     double hz = pool ? moe_kern_clock_hz(pool, 0.2) : 0.0;    /* busy core clock */
 
     /* deterministic pseudo-random tokens */
-    size_t nt = (size_t)(n_p > n_g ? n_p : n_g) + 1;
+    size_t nt = (size_t)(n_p > depth + n_g ? n_p : depth + n_g) + 1;
     toks = malloc(sizeof(int32_t) * nt);
     pp = calloc((size_t)reps, sizeof(double));
     tg = calloc((size_t)reps, sizeof(double));
@@ -218,7 +221,7 @@ int moe_cmd_bench(int argc, char **argv) {
     }
     /* active bytes: weights per token + the average KV cache read over the decode run */
     double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
-    double active = (double)moe_model_active_bytes(m) + kv_row * (1.0 + (double)n_g / 2.0);
+    double active = (double)moe_model_active_bytes(m) + kv_row * ((depth > 0 ? (double)depth : 1.0) + (double)n_g / 2.0);
     /* warm-up (page in the weights) */
     moe_ctx_eval(c, toks, 1, NULL);
     for (int r = 0; r < reps; r++) {
@@ -230,11 +233,11 @@ int moe_cmd_bench(int argc, char **argv) {
         }
         if (n_g > 0) {
             moe_ctx_truncate(c, 0);
-            if (moe_ctx_eval(c, toks, 1, NULL)) goto eval_fail;
+            if (moe_ctx_eval(c, toks, (int32_t)(depth > 0 ? depth : 1), NULL)) goto eval_fail; /* context, untimed */
             double before = moe_membw_run(probe, pool, 3);
             double t0 = cli_now();
             for (long long i = 0; i < n_g; i++)
-                if (moe_ctx_eval(c, &toks[i + 1], 1, NULL)) goto eval_fail;
+                if (moe_ctx_eval(c, &toks[(depth > 0 ? depth : 1) + i], 1, NULL)) goto eval_fail;
             tg[r] = (double)n_g / (cli_now() - t0);
             double after = moe_membw_run(probe, pool, 3);
             bws[r] = after > before ? after : before; /* the better of the probes just before and after */
@@ -263,11 +266,11 @@ int moe_cmd_bench(int argc, char **argv) {
     char b1[32], b2[32];
     if (json) {
         printf("{\"model\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"w8a8\": %s, \"n_prompt\": %lld, \"n_gen\": %lld, "
-               "\"reps\": %lld, \"pp\": %.3f, \"tg\": %.3f, \"bandwidth_gbs\": %.3f, \"active_bytes_per_token\": %.0f, "
+               "\"reps\": %lld, \"depth\": %lld, \"pp\": %.3f, \"tg\": %.3f, \"bandwidth_gbs\": %.3f, \"active_bytes_per_token\": %.0f, "
                "\"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"int8_peak_gops\": %.1f, \"pp_int8_ops_per_token\": %.0f, "
                "\"pp_int8_peak_pct\": %.2f, \"clock_ghz\": %.3f, \"int8_ops_per_cycle_core\": %.1f, \"pp_int8_128_pct\": %.2f, "
                "\"batch\": [",
-               model, nth, moe_kern_simd_name(), w8a8 ? "true" : "false", n_p, n_g, reps, pp_med, tg_med, bw / 1e9, active,
+               model, nth, moe_kern_simd_name(), w8a8 ? "true" : "false", n_p, n_g, reps, depth, pp_med, tg_med, bw / 1e9, active,
                limit, roof, peak / 1e9, pp_ops, pp_peak, hz / 1e9, hz > 0 ? peak / hz / nth : 0.0, pp_peak128);
         for (int b = 0; b < n_batches; b++)
             printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f, "
@@ -280,6 +283,7 @@ int moe_cmd_bench(int argc, char **argv) {
         printf("active bytes per token  %8s (weights %s + KV cache)\n", cli_bytes(active, b1, sizeof b1),
                cli_bytes((double)moe_model_active_bytes(m), b2, sizeof b2));
         printf("pp%-5lld %10.2f tokens/s (median of %lld)\n", n_p, pp_med, reps);
+        if (depth > 0) printf("tg at depth %lld (decode after %lld tokens of context)\n", depth, depth);
         printf("tg%-5lld %10.2f tokens/s (median of %lld)  roofline %.2f tokens/s  -> %.1f%% of roofline (median of "
                "per-run ratios)\n",
                n_g, tg_med, reps, limit, roof);

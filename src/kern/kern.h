@@ -146,6 +146,15 @@ void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, 
                        float scale, float *scratch, float *u, int64_t ldu);
 void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
                            float scale, float *scratch, float *u, int64_t ldu);
+/* moe_kern_mla_attn in phases, so one call can be spread over threads (a single long sequence
+ * decoding): prep (serial), scores of keys [k0, k1) (disjoint ranges on any threads), softmax
+ * (serial), values of columns [c0, c1) (disjoint ranges; multiples of 64 keep the fast passes).
+ * Every phase computes each element with the same chain as the whole call: bit-identical. */
+void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *scratch);
+void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch);
+void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch);
+void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64_t c0, int64_t c1,
+                         const float *scratch, float *u, int64_t ldu);
 
 /* RMSNorm (spec deepseek2.md §4.2): sum of squares in double, y = (x·scale)·w. */
 void moe_kern_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);

@@ -101,6 +101,41 @@ static void attn_worker(void *arg, int ith, int nth) {
     }
 }
 
+/* One long (token, heads) item spread over all threads: keys split for the scores, columns for
+ * the values (moe_kern_mla_* phases, bit-identical to the whole call). Used when a step has fewer
+ * items than threads (one sequence decoding), where one item would otherwise run on one thread
+ * while the others wait: at 2,048 tokens of context that is most of a decode step's attention. */
+typedef struct {
+    const float *cache;
+    float *sc, *u;
+    int64_t W, n, Lkv;
+    int hn;
+    float scale;
+} split_job;
+
+static void split_scores(void *arg, int ith, int nth) {
+    split_job *j = arg;
+    int64_t k0 = j->n * ith / nth / 8 * 8, k1 = ith == nth - 1 ? j->n : j->n * (ith + 1) / nth / 8 * 8;
+    if (k0 < k1) moe_kern_mla_scores(j->cache, j->W, k0, k1, j->scale, j->sc);
+}
+
+static void split_values(void *arg, int ith, int nth) {
+    split_job *j = arg;
+    int64_t p = j->Lkv / 64, c0 = p * ith / nth * 64, c1 = ith == nth - 1 ? j->Lkv : p * (ith + 1) / nth * 64;
+    if (c0 < c1) moe_kern_mla_values(j->hn, j->cache, j->W, j->n, c0, c1, j->sc, j->u, j->Lkv);
+}
+
+static void attn_split(moe_engine *c, int il, int64_t t, int64_t h0) {
+    const moe_hparams *hp = &c->m->hp;
+    const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot;
+    split_job j = {tok_layer_cache(c, t, il), c->scores, c->u + (t * H + h0) * Lkv, W, c->tok_pos[t] + 1, Lkv,
+                   (int)(H - h0 < 16 ? H - h0 : 16), hp->kq_scale};
+    moe_kern_mla_prep(c->qt + (t * H + h0) * W, W, j.hn, W, j.sc);
+    moe_pool_run(c->pool, split_scores, &j);
+    moe_kern_mla_softmax(j.hn, W, j.n, j.sc);
+    moe_pool_run(c->pool, split_values, &j);
+}
+
 /* y = W·x for per-head (or per-expert) slice k */
 static moe_wview slice(const sliced_w *s, int64_t k) {
     moe_wview w = s->w;
@@ -144,9 +179,16 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             memcpy(qpe, c->q + t * H * Dk + hh * Dk + Dn, (size_t)R * sizeof(float));
             rope_apply(qpe, c->rope + t * R, (int)R);
         }
-    attn_job aj = {c, il, B, 0};
-    atomic_init(&aj.next, 0);
-    moe_pool_run(c->pool, attn_worker, &aj);
+    const int64_t G = (H + 15) / 16, nth = moe_pool_n_threads(c->pool);
+    int64_t longest = 0;
+    for (int64_t t = 0; t < B; t++) longest = c->tok_pos[t] + 1 > longest ? c->tok_pos[t] + 1 : longest;
+    if (nth > 1 && B * G < nth && longest >= 256 && moe_kern_level() > 0) {
+        for (int64_t it = 0; it < B * G; it++) attn_split(c, il, it / G, (it % G) * 16);
+    } else {
+        attn_job aj = {c, il, B, 0};
+        atomic_init(&aj.next, 0);
+        moe_pool_run(c->pool, attn_worker, &aj);
+    }
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {
         c->wv[hh] = slice(&ly->v_b, hh);

@@ -188,6 +188,18 @@ static void test_mla_attn(void) {
                     moe_kern_mla_attn(q, W, hn, cache, W, n, Lkv, scale, sc, u1, Lkv);
                     CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,
                           "mla_attn level %d (hn %d, Lkv %lld, n %lld) differs from ref", l, hn, (long long)Lkv, (long long)n);
+                    /* the same call in phases over split ranges (keys cut at 5 and n/2, columns at 64) */
+                    memset(u1, 0, sizeof u1);
+                    moe_kern_mla_prep(q, W, hn, W, sc);
+                    const int64_t ka = n < 5 ? n : 5, kb = n / 2 > ka ? n / 2 : ka, cm = Lkv < 64 ? Lkv : 64;
+                    moe_kern_mla_scores(cache, W, kb, n, scale, sc);
+                    moe_kern_mla_scores(cache, W, 0, ka, scale, sc);
+                    moe_kern_mla_scores(cache, W, ka, kb, scale, sc);
+                    moe_kern_mla_softmax(hn, W, n, sc);
+                    moe_kern_mla_values(hn, cache, W, n, cm, Lkv, sc, u1, Lkv);
+                    moe_kern_mla_values(hn, cache, W, n, 0, cm, sc, u1, Lkv);
+                    CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,
+                          "mla phases level %d (hn %d, Lkv %lld, n %lld) differ from ref", l, hn, (long long)Lkv, (long long)n);
                 }
                 moe_kern_set_level(top);
                 for (int h = 0; h < hn; h++) { /* float64 softmax-weighted sum */
@@ -207,7 +219,8 @@ static void test_mla_attn(void) {
                 }
             }
     CHECK(worst < 1e-5, "mla_attn ref vs float64: %.3e", worst);
-    printf("mla_attn: levels %d..1 bit-identical to ref (1-16 heads, 1-300 keys, Lkv 512/80/64); ref vs float64 %.2e\n", top,
+    printf("mla_attn: levels %d..0, whole and in split phases, bit-identical to ref (1-16 heads, 1-300 keys, Lkv 512/80/64); "
+           "ref vs float64 %.2e\n", top,
            worst);
 }
 

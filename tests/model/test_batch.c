@@ -226,6 +226,27 @@ static void check_model(const char *label, const moe_init_config *cfg) {
                 same &= !memcmp(moe_ctx_logits(c1), moe_ctx_logits(c0), sizeof(float) * (size_t)V);
             }
         }
+        /* a long single sequence decoding takes the split attention (keys and columns over the
+         * threads): its logits equal the last row of one prefill of the same tokens, bit for bit */
+        moe_ctx_params lp = cp;
+        lp.n_ctx = 320;
+        lp.n_batch = 300;
+        moe_ctx *la = NULL, *lb = NULL;
+        int32_t *lt = malloc(sizeof(int32_t) * 300);
+        for (int i = 0; i < 300; i++) lt[i] = (i * 53 + 7) % V;
+        if (moe_ctx_init(m, &lp, &la, err, sizeof err) == MOE_OK && moe_ctx_init(m, &lp, &lb, err, sizeof err) == MOE_OK) {
+            int ok = moe_ctx_eval(la, lt, 300, NULL) == MOE_OK;                                    /* one step of 300 */
+            ok &= moe_ctx_eval(lb, lt, 297, NULL) == MOE_OK;                                      /* 297 ... */
+            for (int i = 297; i < 300; i++) ok &= moe_ctx_eval(lb, &lt[i], 1, NULL) == MOE_OK; /* ... then 3 decodes */
+            ok &= !memcmp(moe_ctx_logits(la), moe_ctx_logits(lb), sizeof(float) * (size_t)V);
+            printf("%-10s 300-token prefill vs 297 + 3 decode steps (split attention): %s\n", label, ok ? "bit-identical" : "DIFFER");
+            CHECK(ok, "%s: long-context decode differs from prefill", label);
+        } else {
+            CHECK(0, "%s: long ctx: %s", label, err);
+        }
+        moe_ctx_free(la);
+        moe_ctx_free(lb);
+        free(lt);
         printf("%-10s %d tensors repacked to R16: logits %s the file layout's\n", label, m->n_packed,
                same ? "bit-identical to" : "DIFFER from");
         CHECK(same, "%s: repacked logits differ from the file layout's", label);

@@ -16,15 +16,14 @@
 #include <immintrin.h>
 
 /* Lane-parallel pieces shared by both forms, written once over a 16-float "vector" type V with
- * the operations LOAD, STORE, SET1, ZERO, FMA(a, b, c) = a·b + c, MUL, MAX. */
-#define MLA_BODY                                                                                                       \
-    float *qt = scratch, *s = scratch + 16 * W;                                                                        \
-    for (int64_t w = 0; w < W; w++)                                                                                    \
-        for (int h = 0; h < 16; h++) qt[w * 16 + h] = h < hn ? q[h * ldq + w] : 0.0f;                                  \
+ * the operations LOAD, STORE, SET1, ZERO, FMA(a, b, c) = a·b + c, MUL. The scratch holds the
+ * transposed queries qt (W, 16) and then the scores / weights s (n, 16). */
+#define MLA_SCORES /* keys [lo, hi) */                                                                                 \
+    const float *qt = scratch;                                                                                         \
+    float *s = scratch + 16 * W;                                                                                       \
     const V vs = SET1(scale);                                                                                          \
-    V mx = SET1(-INFINITY);                                                                                            \
-    int64_t k = 0;                                                                                                     \
-    for (; k + 8 <= n; k += 8) { /* 8 keys: 8 independent chains over w */                                             \
+    int64_t k = lo;                                                                                                    \
+    for (; k + 8 <= hi; k += 8) { /* 8 keys: 8 independent chains over w */                                            \
         const float *c0 = cache + k * W;                                                                               \
         V a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO(), a4 = ZERO(), a5 = ZERO(), a6 = ZERO(), a7 = ZERO();      \
         for (int64_t w = 0; w < W; w++) {                                                                              \
@@ -38,37 +37,27 @@
             a6 = FMA(SET1(c0[6 * W + w]), qv, a6);                                                                     \
             a7 = FMA(SET1(c0[7 * W + w]), qv, a7);                                                                     \
         }                                                                                                              \
-        V r[8] = {MUL(a0, vs), MUL(a1, vs), MUL(a2, vs), MUL(a3, vs), MUL(a4, vs), MUL(a5, vs), MUL(a6, vs),           \
-                  MUL(a7, vs)};                                                                                        \
-        for (int j = 0; j < 8; j++) {                                                                                  \
-            STORE(s + 16 * (k + j), r[j]);                                                                             \
-            mx = MAX(r[j], mx); /* v > m ? v : m, key by key as the ref */                                             \
-        }                                                                                                              \
+        STORE(s + 16 * k, MUL(a0, vs));                                                                                \
+        STORE(s + 16 * (k + 1), MUL(a1, vs));                                                                          \
+        STORE(s + 16 * (k + 2), MUL(a2, vs));                                                                          \
+        STORE(s + 16 * (k + 3), MUL(a3, vs));                                                                          \
+        STORE(s + 16 * (k + 4), MUL(a4, vs));                                                                          \
+        STORE(s + 16 * (k + 5), MUL(a5, vs));                                                                          \
+        STORE(s + 16 * (k + 6), MUL(a6, vs));                                                                          \
+        STORE(s + 16 * (k + 7), MUL(a7, vs));                                                                          \
     }                                                                                                                  \
-    for (; k < n; k++) {                                                                                               \
+    for (; k < hi; k++) {                                                                                              \
         V a = ZERO();                                                                                                  \
         for (int64_t w = 0; w < W; w++) a = FMA(SET1(cache[k * W + w]), LOAD(qt + 16 * w), a);                        \
-        a = MUL(a, vs);                                                                                                \
-        STORE(s + 16 * k, a);                                                                                          \
-        mx = MAX(a, mx);                                                                                               \
-    }                                                                                                                  \
-    float m16[16], inv16[16];                                                                                          \
-    STORE(m16, mx);                                                                                                    \
-    double sum[16] = {0};                                                                                              \
-    for (int64_t kk = 0; kk < n; kk++)                                                                                 \
-        for (int h = 0; h < hn; h++) {                                                                                 \
-            float e = expf(s[16 * kk + h] - m16[h]);                                                                   \
-            s[16 * kk + h] = e;                                                                                        \
-            sum[h] += e;                                                                                               \
-        }                                                                                                              \
-    for (int h = 0; h < 16; h++) inv16[h] = h < hn ? (float)(1.0 / sum[h]) : 0.0f;                                     \
-    const V vinv = LOAD(inv16);                                                                                        \
-    for (int64_t kk = 0; kk < n; kk++) STORE(s + 16 * kk, MUL(LOAD(s + 16 * kk), vinv)); /* p = e·inv */              \
-    /* values: u_h[c] = Σ_k p_kh · cache[k][c], 4 heads × 4 vectors of columns per pass */                            \
+        STORE(s + 16 * k, MUL(a, vs));                                                                                 \
+    }
+
+#define MLA_VALUES /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k], 4 heads × 4 vectors per pass */                  \
+    const float *s = scratch + 16 * W;                                                                                 \
     for (int hg = 0; hg < hn; hg += 4) {                                                                               \
         const int nh = hn - hg < 4 ? hn - hg : 4;                                                                      \
-        int64_t c = 0;                                                                                                 \
-        for (; c + 4 * VL <= Lkv; c += 4 * VL) {                                                                       \
+        int64_t c = lo;                                                                                                \
+        for (; c + 4 * VL <= hi; c += 4 * VL) {                                                                        \
             V acc[4][4];                                                                                               \
             for (int i = 0; i < 4; i++)                                                                                \
                 for (int j = 0; j < 4; j++) acc[i][j] = ZERO();                                                        \
@@ -86,7 +75,7 @@
             for (int i = 0; i < nh; i++)                                                                               \
                 for (int j = 0; j < 4; j++) STORE(u + (hg + i) * ldu + c + j * VL, acc[i][j]);                         \
         }                                                                                                              \
-        for (; c < Lkv; c++) /* columns past the last full pass */                                                     \
+        for (; c < hi; c++) /* columns past the last full pass */                                                      \
             for (int i = 0; i < nh; i++) {                                                                             \
                 float acc = 0.0f;                                                                                      \
                 for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + hg + i], cache[kk * W + c], acc);            \
@@ -95,11 +84,8 @@
     }
 
 /* AVX-512: V = __m512 */
-__attribute__((target("avx2,fma,avx512f"))) static void mla_avx512(const float *q, int64_t ldq, int hn,
-                                                                   const float *cache, int64_t W, int64_t n,
-                                                                   int64_t Lkv, float scale, float *scratch, float *u,
-                                                                   int64_t ldu) {
-    typedef __m512 V;
+#define OPS512                                                                                                         \
+    typedef __m512 V;                                                                                                  \
     enum { VL = 16 };
 #define LOAD(p) _mm512_loadu_ps(p)
 #define STORE(p, v) _mm512_storeu_ps(p, v)
@@ -107,16 +93,23 @@ __attribute__((target("avx2,fma,avx512f"))) static void mla_avx512(const float *
 #define ZERO() _mm512_setzero_ps()
 #define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define MUL(a, b) _mm512_mul_ps(a, b)
-#define MAX(a, b) _mm512_max_ps(a, b)
-    MLA_BODY
+__attribute__((target("avx2,fma,avx512f"))) static void scores_avx512(const float *cache, int64_t W, int64_t lo,
+                                                                      int64_t hi, float scale, float *scratch) {
+    OPS512
+    MLA_SCORES
+}
+__attribute__((target("avx2,fma,avx512f"))) static void values_avx512(int hn, const float *cache, int64_t W, int64_t n,
+                                                                      int64_t lo, int64_t hi, const float *scratch,
+                                                                      float *u, int64_t ldu) {
+    OPS512
+    MLA_VALUES
+}
 #undef LOAD
 #undef STORE
 #undef SET1
 #undef ZERO
 #undef FMA
 #undef MUL
-#undef MAX
-}
 
 /* AVX2: V = two __m256 (lanes 0-7, 8-15) */
 typedef struct {
@@ -132,44 +125,119 @@ A2 void v_store(float *p, v2x8 v) {
 A2 v2x8 v_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
 A2 v2x8 v_fma(v2x8 a, v2x8 b, v2x8 c) { return (v2x8){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
 A2 v2x8 v_mul(v2x8 a, v2x8 b) { return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
-A2 v2x8 v_max(v2x8 a, v2x8 b) { return (v2x8){_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
 #undef A2
 
-__attribute__((target("avx2,fma"))) static void mla_avx2(const float *q, int64_t ldq, int hn, const float *cache,
-                                                         int64_t W, int64_t n, int64_t Lkv, float scale,
-                                                         float *scratch, float *u, int64_t ldu) {
-    typedef v2x8 V;
-    enum { VL = 16 };
 #define LOAD(p) v_load(p)
 #define STORE(p, v) v_store(p, v)
 #define SET1(x) v_set1(x)
 #define ZERO() v_set1(0.0f)
 #define FMA(a, b, c) v_fma(a, b, c)
 #define MUL(a, b) v_mul(a, b)
-#define MAX(a, b) v_max(a, b)
-    MLA_BODY
+#define OPS2                                                                                                           \
+    typedef v2x8 V;                                                                                                    \
+    enum { VL = 16 };
+__attribute__((target("avx2,fma"))) static void scores_avx2(const float *cache, int64_t W, int64_t lo, int64_t hi,
+                                                            float scale, float *scratch) {
+    OPS2
+    MLA_SCORES
+}
+__attribute__((target("avx2,fma"))) static void values_avx2(int hn, const float *cache, int64_t W, int64_t n,
+                                                            int64_t lo, int64_t hi, const float *scratch, float *u,
+                                                            int64_t ldu) {
+    OPS2
+    MLA_VALUES
+}
 #undef LOAD
 #undef STORE
 #undef SET1
 #undef ZERO
 #undef FMA
 #undef MUL
-#undef MAX
-}
 #endif
+
+/* ---- the phases (kern.h); scalar forms, then dispatch ---- */
+
+void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *scratch) {
+    for (int64_t w = 0; w < W; w++)
+        for (int h = 0; h < 16; h++) scratch[w * 16 + h] = h < hn ? q[h * ldq + w] : 0.0f;
+}
+
+void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch) {
+    float *s = scratch + 16 * W, m[16], inv[16];
+    double sum[16] = {0};
+    for (int h = 0; h < hn; h++) m[h] = -INFINITY;
+    for (int64_t k = 0; k < n; k++) /* key by key, v > m ? v : m, as the ref */
+        for (int h = 0; h < hn; h++) m[h] = s[16 * k + h] > m[h] ? s[16 * k + h] : m[h];
+    for (int64_t k = 0; k < n; k++)
+        for (int h = 0; h < hn; h++) {
+            float e = expf(s[16 * k + h] - m[h]);
+            s[16 * k + h] = e;
+            sum[h] += e;
+        }
+    for (int h = 0; h < 16; h++) inv[h] = h < hn ? (float)(1.0 / sum[h]) : 0.0f;
+    for (int64_t k = 0; k < n; k++) /* p = e·inv; lanes past hn hold 0 */
+        for (int h = 0; h < 16; h++) s[16 * k + h] = h < hn ? s[16 * k + h] * inv[h] : 0.0f;
+}
+
+static void scores_scalar(const float *cache, int64_t W, int64_t lo, int64_t hi, float scale, float *scratch) {
+    const float *qt = scratch;
+    float *s = scratch + 16 * W;
+    for (int64_t k = lo; k < hi; k++)
+        for (int h = 0; h < 16; h++) {
+            float a = 0.0f;
+            for (int64_t w = 0; w < W; w++) a = fmaf(cache[k * W + w], qt[16 * w + h], a);
+            s[16 * k + h] = a * scale;
+        }
+}
+
+static void values_scalar(int hn, const float *cache, int64_t W, int64_t n, int64_t lo, int64_t hi,
+                          const float *scratch, float *u, int64_t ldu) {
+    const float *s = scratch + 16 * W;
+    for (int h = 0; h < hn; h++)
+        for (int64_t c = lo; c < hi; c++) {
+            float a = 0.0f;
+            for (int64_t k = 0; k < n; k++) a = fmaf(s[16 * k + h], cache[k * W + c], a);
+            u[h * ldu + c] = a;
+        }
+}
+
+void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch) {
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        scores_avx512(cache, W, k0, k1, scale, scratch);
+        return;
+    }
+    if (moe_kern_level() == 1) {
+        scores_avx2(cache, W, k0, k1, scale, scratch);
+        return;
+    }
+#endif
+    scores_scalar(cache, W, k0, k1, scale, scratch);
+}
+
+void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64_t c0, int64_t c1,
+                         const float *scratch, float *u, int64_t ldu) {
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        values_avx512(hn, cache, W, n, c0, c1, scratch, u, ldu);
+        return;
+    }
+    if (moe_kern_level() == 1) {
+        values_avx2(hn, cache, W, n, c0, c1, scratch, u, ldu);
+        return;
+    }
+#endif
+    values_scalar(hn, cache, W, n, c0, c1, scratch, u, ldu);
+}
 
 void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
                        float scale, float *scratch, float *u, int64_t ldu) {
-#if defined(__x86_64__)
-    const int l = moe_kern_level();
-    if (hn >= 1 && hn <= 16 && l == 2) {
-        mla_avx512(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+    if (hn < 1 || hn > 16 || moe_kern_level() == 0) {
+        moe_kern_mla_attn_ref(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
         return;
     }
-    if (hn >= 1 && hn <= 16 && l == 1) {
-        mla_avx2(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
-        return;
-    }
-#endif
-    moe_kern_mla_attn_ref(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+    moe_kern_mla_prep(q, ldq, hn, W, scratch);
+    moe_kern_mla_scores(cache, W, 0, n, scale, scratch);
+    moe_kern_mla_softmax(hn, W, n, scratch);
+    moe_kern_mla_values(hn, cache, W, n, 0, Lkv, scratch, u, ldu);
 }
