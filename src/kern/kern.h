@@ -153,6 +153,11 @@ void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cac
 void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *scratch);
 void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch);
 void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch);
+/* The softmax itself in three steps: max (serial), exp of keys [k0, k1) (disjoint ranges on any
+ * threads: expf is most of the softmax), then the sums in key order and p = e·inv (serial). */
+void moe_kern_mla_max(int hn, int64_t W, int64_t n, const float *scratch, float m[16]);
+void moe_kern_mla_exp(int hn, int64_t W, int64_t k0, int64_t k1, const float m[16], float *scratch);
+void moe_kern_mla_norm(int hn, int64_t W, int64_t n, float *scratch);
 void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64_t c0, int64_t c1,
                          const float *scratch, float *u, int64_t ldu);
 

@@ -101,8 +101,8 @@ static void attn_worker(void *arg, int ith, int nth) {
     }
 }
 
-/* One long (token, heads) item spread over all threads: keys split for the scores, columns for
- * the values (moe_kern_mla_* phases, bit-identical to the whole call). Used when a step has fewer
+/* One long (token, heads) item spread over all threads: keys split for the scores and the exps,
+ * columns for the values (moe_kern_mla_* phases, bit-identical to the whole call). Used when a step has fewer
  * items than threads (one sequence decoding), where one item would otherwise run on one thread
  * while the others wait: at 2,048 tokens of context that is most of a decode step's attention. */
 typedef struct {
@@ -110,13 +110,19 @@ typedef struct {
     float *sc, *u;
     int64_t W, n, Lkv;
     int hn;
-    float scale;
+    float scale, m[16];
 } split_job;
 
 static void split_scores(void *arg, int ith, int nth) {
     split_job *j = arg;
     int64_t k0 = j->n * ith / nth / 8 * 8, k1 = ith == nth - 1 ? j->n : j->n * (ith + 1) / nth / 8 * 8;
     if (k0 < k1) moe_kern_mla_scores(j->cache, j->W, k0, k1, j->scale, j->sc);
+}
+
+static void split_exp(void *arg, int ith, int nth) {
+    split_job *j = arg;
+    int64_t k0 = j->n * ith / nth, k1 = j->n * (ith + 1) / nth;
+    if (k0 < k1) moe_kern_mla_exp(j->hn, j->W, k0, k1, j->m, j->sc);
 }
 
 static void split_values(void *arg, int ith, int nth) {
@@ -129,10 +135,12 @@ static void attn_split(moe_engine *c, int il, int64_t t, int64_t h0) {
     const moe_hparams *hp = &c->m->hp;
     const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot;
     split_job j = {tok_layer_cache(c, t, il), c->scores, c->u + (t * H + h0) * Lkv, W, c->tok_pos[t] + 1, Lkv,
-                   (int)(H - h0 < 16 ? H - h0 : 16), hp->kq_scale};
+                   (int)(H - h0 < 16 ? H - h0 : 16), hp->kq_scale, {0}};
     moe_kern_mla_prep(c->qt + (t * H + h0) * W, W, j.hn, W, j.sc);
     moe_pool_run(c->pool, split_scores, &j);
-    moe_kern_mla_softmax(j.hn, W, j.n, j.sc);
+    moe_kern_mla_max(j.hn, W, j.n, j.sc, j.m);
+    moe_pool_run(c->pool, split_exp, &j);
+    moe_kern_mla_norm(j.hn, W, j.n, j.sc);
     moe_pool_run(c->pool, split_values, &j);
 }
 

@@ -195,7 +195,11 @@ static void test_mla_attn(void) {
                     moe_kern_mla_scores(cache, W, kb, n, scale, sc);
                     moe_kern_mla_scores(cache, W, 0, ka, scale, sc);
                     moe_kern_mla_scores(cache, W, ka, kb, scale, sc);
-                    moe_kern_mla_softmax(hn, W, n, sc);
+                    float m16[16];
+                    moe_kern_mla_max(hn, W, n, sc, m16);
+                    moe_kern_mla_exp(hn, W, ka, n, m16, sc);
+                    moe_kern_mla_exp(hn, W, 0, ka, m16, sc);
+                    moe_kern_mla_norm(hn, W, n, sc);
                     moe_kern_mla_values(hn, cache, W, n, cm, Lkv, sc, u1, Lkv);
                     moe_kern_mla_values(hn, cache, W, n, 0, cm, sc, u1, Lkv);
                     CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,

@@ -3,8 +3,9 @@
  * In MLA every head attends over the same latent cache rows, so the heads go in the lanes of a
  * vector (16 floats: one zmm, or two ymm on AVX2): a cache element is loaded once, broadcast, and
  * multiplied into all heads' queries at once. Scores: 8 keys per pass, 8 accumulators, the
- * queries transposed once into (W, 16) so one load serves the 8 keys. Values: 4 heads × 64
- * columns per pass (16 accumulators), one load of each cache element per 4 heads. Every
+ * queries transposed once into (W, 16) so one load serves the 8 keys. Values: 8 heads × 32
+ * columns per pass (16 accumulators), the passes of one 32-column strip back to back so the
+ * strip is read from memory once and from L2 for the other head group. Every
  * (head, key) score and every (head, column) output is the same fma chain as in the ref, in the
  * same order, and expf is the same scalar function: results equal moe_kern_mla_attn_ref bit for
  * bit. */
@@ -52,36 +53,34 @@
         STORE(s + 16 * k, MUL(a, vs));                                                                                 \
     }
 
-#define MLA_VALUES /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k], 4 heads × 4 vectors per pass */                  \
+#define MLA_VALUES /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k]: 32 columns × 8 heads per pass */            \
     const float *s = scratch + 16 * W;                                                                                 \
-    for (int hg = 0; hg < hn; hg += 4) {                                                                               \
-        const int nh = hn - hg < 4 ? hn - hg : 4;                                                                      \
-        int64_t c = lo;                                                                                                \
-        for (; c + 4 * VL <= hi; c += 4 * VL) {                                                                        \
-            V acc[4][4];                                                                                               \
-            for (int i = 0; i < 4; i++)                                                                                \
-                for (int j = 0; j < 4; j++) acc[i][j] = ZERO();                                                        \
+    int64_t c = lo;                                                                                                    \
+    for (; c + 2 * VL <= hi; c += 2 * VL) /* a 32-column strip of the cache stays in L2 for every head group */         \
+        for (int hg = 0; hg < hn; hg += 8) {                                                                           \
+            const int nh = hn - hg < 8 ? hn - hg : 8;                                                                  \
+            V acc[8][2];                                                                                               \
+            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = ZERO();                                                \
             for (int64_t kk = 0; kk < n; kk++) {                                                                       \
                 const float *row = cache + kk * W + c;                                                                 \
-                const V v0 = LOAD(row), v1 = LOAD(row + VL), v2 = LOAD(row + 2 * VL), v3 = LOAD(row + 3 * VL);         \
-                for (int i = 0; i < 4; i++) {                                                                          \
+                const V v0 = LOAD(row), v1 = LOAD(row + VL);                                                           \
+                for (int i = 0; i < 8; i++) {                                                                          \
                     const V p = SET1(s[16 * kk + hg + i]);                                                             \
                     acc[i][0] = FMA(p, v0, acc[i][0]);                                                                 \
                     acc[i][1] = FMA(p, v1, acc[i][1]);                                                                 \
-                    acc[i][2] = FMA(p, v2, acc[i][2]);                                                                 \
-                    acc[i][3] = FMA(p, v3, acc[i][3]);                                                                 \
                 }                                                                                                      \
             }                                                                                                          \
-            for (int i = 0; i < nh; i++)                                                                               \
-                for (int j = 0; j < 4; j++) STORE(u + (hg + i) * ldu + c + j * VL, acc[i][j]);                         \
-        }                                                                                                              \
-        for (; c < hi; c++) /* columns past the last full pass */                                                      \
             for (int i = 0; i < nh; i++) {                                                                             \
-                float acc = 0.0f;                                                                                      \
-                for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + hg + i], cache[kk * W + c], acc);            \
-                u[(hg + i) * ldu + c] = acc;                                                                           \
+                STORE(u + (hg + i) * ldu + c, acc[i][0]);                                                              \
+                STORE(u + (hg + i) * ldu + c + VL, acc[i][1]);                                                         \
             }                                                                                                          \
-    }
+        }                                                                                                              \
+    for (; c < hi; c++) /* columns past the last full strip */                                                         \
+        for (int h = 0; h < hn; h++) {                                                                                 \
+            float acc = 0.0f;                                                                                          \
+            for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + h], cache[kk * W + c], acc);                     \
+            u[h * ldu + c] = acc;                                                                                      \
+        }
 
 /* AVX-512: V = __m512 */
 #define OPS512                                                                                                         \
@@ -162,21 +161,34 @@ void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *sc
         for (int h = 0; h < 16; h++) scratch[w * 16 + h] = h < hn ? q[h * ldq + w] : 0.0f;
 }
 
-void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch) {
-    float *s = scratch + 16 * W, m[16], inv[16];
-    double sum[16] = {0};
-    for (int h = 0; h < hn; h++) m[h] = -INFINITY;
+void moe_kern_mla_max(int hn, int64_t W, int64_t n, const float *scratch, float m[16]) {
+    const float *s = scratch + 16 * W;
+    for (int h = 0; h < 16; h++) m[h] = -INFINITY;
     for (int64_t k = 0; k < n; k++) /* key by key, v > m ? v : m, as the ref */
         for (int h = 0; h < hn; h++) m[h] = s[16 * k + h] > m[h] ? s[16 * k + h] : m[h];
-    for (int64_t k = 0; k < n; k++)
-        for (int h = 0; h < hn; h++) {
-            float e = expf(s[16 * k + h] - m[h]);
-            s[16 * k + h] = e;
-            sum[h] += e;
-        }
+}
+
+void moe_kern_mla_exp(int hn, int64_t W, int64_t k0, int64_t k1, const float m[16], float *scratch) {
+    float *s = scratch + 16 * W;
+    for (int64_t k = k0; k < k1; k++)
+        for (int h = 0; h < hn; h++) s[16 * k + h] = expf(s[16 * k + h] - m[h]);
+}
+
+void moe_kern_mla_norm(int hn, int64_t W, int64_t n, float *scratch) {
+    float *s = scratch + 16 * W, inv[16];
+    double sum[16] = {0};
+    for (int64_t k = 0; k < n; k++) /* in key order, as the ref */
+        for (int h = 0; h < hn; h++) sum[h] += s[16 * k + h];
     for (int h = 0; h < 16; h++) inv[h] = h < hn ? (float)(1.0 / sum[h]) : 0.0f;
     for (int64_t k = 0; k < n; k++) /* p = e·inv; lanes past hn hold 0 */
         for (int h = 0; h < 16; h++) s[16 * k + h] = h < hn ? s[16 * k + h] * inv[h] : 0.0f;
+}
+
+void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch) {
+    float m[16];
+    moe_kern_mla_max(hn, W, n, scratch, m);
+    moe_kern_mla_exp(hn, W, 0, n, m, scratch);
+    moe_kern_mla_norm(hn, W, n, scratch);
 }
 
 static void scores_scalar(const float *cache, int64_t W, int64_t lo, int64_t hi, float scale, float *scratch) {
