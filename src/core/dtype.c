@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/bits.h"
 #include "moe/dtype.h"
 #include "moe/status.h"
 
@@ -64,16 +65,6 @@ size_t moe_dtype_row_bytes(int type, int64_t n) {
 
 /* ---- scalar conversions ---- */
 
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 float moe_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;

@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/bits.h"
 #include "moe/sample.h"
 
 #if defined(__x86_64__)
@@ -69,16 +70,6 @@ static const float C_P0 = 1.9875691500e-4f, C_P1 = 1.3981999507e-3f, C_P2 = 8.33
                    C_P3 = 4.1665795894e-2f, C_P4 = 1.6666665459e-1f, C_P5 = 5.0000001201e-1f;
 #define MAGIC_BITS 0x4b400000 /* bits of C_MAGIC */
 
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static inline float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* exp(x) for X_MIN <= x <= 0, the operations of the SIMD forms one by one */
 static float exp_ref(float x) {

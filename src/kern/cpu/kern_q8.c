@@ -561,10 +561,6 @@ void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *
  * Each thread reports its best 20 ms slice, like the bandwidth probe's best of 5: on a shared
  * machine the average over the whole interval measures the neighbours, and a peak below what
  * the kernels reach makes "% of peak" meaningless. */
-typedef struct {
-    double seconds, *ops;
-} peak_job;
-
 #include <time.h>
 /* wall time, like the throughputs it is compared with (moe bench) */
 static double tnow(void) {
@@ -693,41 +689,48 @@ static double clock_chain(double seconds) {
 #endif
 }
 
-static void clock_worker(void *arg, int ith, int nth) {
-    peak_job *j = arg;
-    j->ops[ith] = clock_chain(j->seconds);
+/* fn(seconds) on every pool thread (or here without a pool); the sum of the results and how
+ * many threads gave one */
+typedef struct {
+    double seconds, *out;
+    double (*fn)(double);
+} probe_job;
+
+static void probe_worker(void *arg, int ith, int nth) {
+    probe_job *j = arg;
+    if (ith < 256) j->out[ith] = j->fn(j->seconds);
     (void)nth;
+}
+
+static double probe_sum(moe_pool *pool, double seconds, double (*fn)(double), int *n_out) {
+    double out[256] = {0};
+    probe_job j = {seconds, out, fn};
+    int n = pool ? moe_pool_n_threads(pool) : 1;
+    if (pool) moe_pool_run(pool, probe_worker, &j);
+    else probe_worker(&j, 0, 1);
+    n = n < 256 ? n : 256;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += out[i];
+    *n_out = n;
+    return s;
 }
 
 double moe_kern_clock_hz(moe_pool *pool, double seconds) {
-    double hz[256] = {0};
-    peak_job j = {seconds, hz};
-    int n = pool ? moe_pool_n_threads(pool) : 1;
-    if (pool) moe_pool_run(pool, clock_worker, &j);
-    else clock_worker(&j, 0, 1);
-    double s = 0;
-    for (int i = 0; i < n && i < 256; i++) s += hz[i];
-    return s / (n < 256 ? n : 256);
+    int n;
+    double s = probe_sum(pool, seconds, clock_chain, &n);
+    return s / n;
 }
 
-static void peak_worker(void *arg, int ith, int nth) {
-    peak_job *j = arg;
-    double r = 0;
+static double peak_level(double seconds) {
 #ifdef MOE_X86
-    if (moe_kern_level() == 2) r = peak_vnni(j->seconds);
-    else if (moe_kern_level() == 1) r = peak_avx2(j->seconds);
+    if (moe_kern_level() == 2) return peak_vnni(seconds);
+    if (moe_kern_level() == 1) return peak_avx2(seconds);
 #endif
-    j->ops[ith] = r;
-    (void)nth;
+    (void)seconds;
+    return 0.0;
 }
 
 double moe_kern_int8_peak(moe_pool *pool, double seconds) {
-    double ops[256] = {0};
-    peak_job j = {seconds, ops};
-    int n = pool ? moe_pool_n_threads(pool) : 1;
-    if (pool) moe_pool_run(pool, peak_worker, &j);
-    else peak_worker(&j, 0, 1);
-    double s = 0;
-    for (int i = 0; i < n && i < 256; i++) s += ops[i];
-    return s;
+    int n;
+    return probe_sum(pool, seconds, peak_level, &n);
 }
