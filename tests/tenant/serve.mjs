@@ -7,15 +7,15 @@
 // slot busy, a high-class request queued last is admitted before the low-class ones.
 // Everything is written under mkdtemp folders; all traffic stays on 127.0.0.1.
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 
 import OpenAI from "../server/node_modules/openai/index.mjs";
 import { BIN, json, metrics, request, sleep, startServer, tinyModel, waitFor } from "../server/lib.mjs";
+import { freePort, startRedis } from "./redis.mjs";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "moe-tenant-test-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
@@ -39,25 +39,6 @@ function addTenant(name, ...flags) {
   return key;
 }
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function startRedis(port) {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-    "--dir", dir], { stdio: "ignore" });
-  await waitFor(() => new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1", () => { s.destroy(); resolve(true); });
-    s.on("error", () => resolve(false));
-  }), 10000, 50);
-  return child;
-}
 
 const BODY = { model: "tiny", prompt: [1, 2, 3], max_tokens: 1 };
 const auth = (key) => ({ authorization: `Bearer ${key}` });
@@ -68,7 +49,7 @@ before(async () => {
   keys.other = addTenant("other", "--rps", String(OTHER.rps), "--burst", String(OTHER.burst));
   keys.plain = addTenant("plain", "--tpm", "100000");
   redisPort = await freePort();
-  redis = await startRedis(redisPort);
+  redis = await startRedis(redisPort, dir);
   const common = ["--tenants", DB, "--quota-backend", `redis://127.0.0.1:${redisPort}`, "--parallel", "4",
     "--ctx", "256", "--queue", "1024", "--max-connections", "1024"];
   a = await startServer(model, [...common, "--quota-fail", "closed", "--access-log", path.join(dir, "a.log")]);
@@ -196,7 +177,7 @@ test("Redis killed mid-test: fail-closed answers 503, fail-open admits, neither 
   assert.match(a.log, /unreachable.*failing closed/);
   assert.match(b.log, /unreachable.*failing open/);
   // Redis comes back: both replicas recover
-  redis = await startRedis(redisPort);
+  redis = await startRedis(redisPort, dir);
   await waitFor(async () => (await request(a, "POST", "/v1/completions", BODY, auth(keys.plain))).status === 200, 5000, 100);
   assert.match(a.log, /reachable again/);
 });

@@ -4,15 +4,15 @@
 // stream is charged exactly the tokens it generated; a request admitted while Redis is down
 // (fail-open) is charged to Redis once it is back. Everything stays on 127.0.0.1.
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 
 import { BIN, json, metrics, request, sleep, startServer, tinyModel, waitFor } from "../server/lib.mjs";
+import { freePort, startRedis } from "./redis.mjs";
 
 const dir = mkdtempSync(path.join(os.tmpdir(), "moe-tpm-test-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
@@ -28,26 +28,6 @@ const tenants = (...args) => execFileSync(BIN, ["tenants", "--db", DB, ...args],
 const addTenant = (name, ...flags) => tenants("add", name, ...flags).trimEnd().split("\n").pop();
 const auth = (key) => ({ authorization: `Bearer ${key}` });
 
-function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function startRedis(port) {
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-    "--dir", dir], { stdio: "ignore" });
-  const up = await waitFor(() => new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1", () => { s.destroy(); resolve(true); });
-    s.on("error", () => resolve(false));
-  }), 10000, 50);
-  assert.ok(up, "redis-server started");
-  return child;
-}
 
 async function serve(...args) {
   const s = await startServer(model, ["--tenants", DB, "--parallel", "2", "--ctx", "4096", "--max-tokens", "4000",
@@ -62,7 +42,7 @@ before(async () => {
   keys.redis = addTenant("meter_redis", "--tpm", String(TPM));
   keys.recon = addTenant("recon", "--tpm", "60");
   redisPort = await freePort();
-  redis = await startRedis(redisPort);
+  redis = await startRedis(redisPort, dir);
 });
 
 after(async () => {
@@ -139,7 +119,7 @@ test("fail-open: a request admitted while Redis is down is charged to Redis once
   assert.equal(r.status, 200, r.body);
   assert.equal(r.json.usage.completion_tokens, 20);
   assert.equal((await metrics(s)).get("moe_quota_unreconciled_tokens"), 23, "3 prompt + 20 generated owed");
-  redis = await startRedis(redisPort); // an empty Redis: the tenant's bucket is full again (60)
+  redis = await startRedis(redisPort, dir); // an empty Redis: the tenant's bucket is full again (60)
   assert.ok(await waitFor(async () => (await metrics(s)).get("moe_quota_unreconciled_tokens") === 0, 8000, 100),
     "the owed tokens were charged");
   // 60 − 23 owed − 3 prompt − 1 generated (+ at most a few seconds' refill at 1/s); unreconciled: 56
