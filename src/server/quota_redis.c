@@ -269,6 +269,21 @@ static void key(char *out, size_t n, const moe_quota *q, const char *bucket, con
 
 static double month_time(double now) { return now > 0 ? now : quota_wall(); }
 
+/* The bucket's budget key for the month of time mt ("m:YYYY-MM"). */
+static void month_key(char *out, size_t n, const moe_quota *q, const char *bucket, double mt) {
+    char m[8], mk[16];
+    moe_quota_month(mt, m);
+    snprintf(mk, sizeof mk, "m:%s", m);
+    key(out, n, q, bucket, mk, 1);
+}
+
+/* A connection for a command; a failure to get one counts as a quota error. */
+static redisContext *conn_cmd(moe_quota *q) {
+    redisContext *c = conn_get(q);
+    if (!c) atomic_fetch_add(&q->errors, 1);
+    return c;
+}
+
 static double reply_num(const redisReply *r) {
     if (r->type == REDIS_REPLY_INTEGER) return (double)r->integer;
     if (r->type == REDIS_REPLY_STRING) return strtod(r->str, NULL);
@@ -277,14 +292,12 @@ static double reply_num(const redisReply *r) {
 
 static int redis_admit(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t prompt, const char *lease,
                        double now, moe_quota_result *res) {
-    char kr[300], kt[300], kc[300], km[320], m[8], mk[16];
+    char kr[300], kt[300], kc[300], km[320];
     double mt = month_time(now);
-    moe_quota_month(mt, m);
-    snprintf(mk, sizeof mk, "m:%s", m);
     key(kr, sizeof kr, q, bucket, "r", 0);
     key(kt, sizeof kt, q, bucket, "t", 0);
     key(kc, sizeof kc, q, bucket, "c", 0);
-    key(km, sizeof km, q, bucket, mk, 1);
+    month_key(km, sizeof km, q, bucket, mt);
     double burst = quota_burst(l), left = moe_quota_month_left(mt);
     char a[11][48];
     snprintf(a[0], 48, "%.17g", now);
@@ -300,11 +313,8 @@ static int redis_admit(moe_quota *q, const char *bucket, const moe_quota_limits 
     snprintf(a[10], 48, "%lld", (long long)(left + 7 * 86400));
     const char *keys[4] = {kr, kt, kc, km}, *args[11];
     for (int i = 0; i < 11; i++) args[i] = a[i];
-    redisContext *c = conn_get(q);
-    if (!c) {
-        atomic_fetch_add(&q->errors, 1);
-        return -1;
-    }
+    redisContext *c = conn_cmd(q);
+    if (!c) return -1;
     redisReply *r = run_script(q, c, SCRIPT_ADMIT, 4, keys, 11, args);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 7) return fail(q, c, r, "admit script");
     int verdict = (int)r->element[0]->integer;
@@ -326,23 +336,18 @@ static int redis_admit(moe_quota *q, const char *bucket, const moe_quota_limits 
 
 static int redis_charge(moe_quota *q, const char *bucket, const moe_quota_limits *l, int64_t n, double now,
                         double *left) {
-    char kt[300], km[320], m[8], mk[16];
+    char kt[300], km[320];
     double mt = month_time(now);
-    moe_quota_month(mt, m);
-    snprintf(mk, sizeof mk, "m:%s", m);
     key(kt, sizeof kt, q, bucket, "t", 0);
-    key(km, sizeof km, q, bucket, mk, 1);
+    month_key(km, sizeof km, q, bucket, mt);
     char a[4][48];
     snprintf(a[0], 48, "%.17g", now);
     snprintf(a[1], 48, "%lld", (long long)l->tpm);
     snprintf(a[2], 48, "%lld", (long long)n);
     snprintf(a[3], 48, "%lld", (long long)(moe_quota_month_left(mt) + 7 * 86400));
     const char *keys[2] = {kt, km}, *args[4] = {a[0], a[1], a[2], a[3]};
-    redisContext *c = conn_get(q);
-    if (!c) {
-        atomic_fetch_add(&q->errors, 1);
-        return -1;
-    }
+    redisContext *c = conn_cmd(q);
+    if (!c) return -1;
     redisReply *r = run_script(q, c, SCRIPT_CHARGE, 2, keys, 4, args);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return fail(q, c, r, "charge script");
     *left = reply_num(r->element[1]);
@@ -355,11 +360,8 @@ static int redis_charge(moe_quota *q, const char *bucket, const moe_quota_limits
 static int redis_release(moe_quota *q, const char *bucket, const char *lease) {
     char kc[300];
     key(kc, sizeof kc, q, bucket, "c", 0);
-    redisContext *c = conn_get(q);
-    if (!c) {
-        atomic_fetch_add(&q->errors, 1);
-        return -1;
-    }
+    redisContext *c = conn_cmd(q);
+    if (!c) return -1;
     redisReply *r = redisCommand(c, "ZREM %s %s", kc, lease);
     if (!r || r->type != REDIS_REPLY_INTEGER) return fail(q, c, r, "ZREM");
     freeReplyObject(r);
@@ -368,15 +370,10 @@ static int redis_release(moe_quota *q, const char *bucket, const char *lease) {
 }
 
 static int64_t redis_budget_used(moe_quota *q, const char *bucket, double now) {
-    char km[320], m[8], mk[16];
-    moe_quota_month(month_time(now), m);
-    snprintf(mk, sizeof mk, "m:%s", m);
-    key(km, sizeof km, q, bucket, mk, 1);
-    redisContext *c = conn_get(q);
-    if (!c) {
-        atomic_fetch_add(&q->errors, 1);
-        return -1;
-    }
+    char km[320];
+    month_key(km, sizeof km, q, bucket, month_time(now));
+    redisContext *c = conn_cmd(q);
+    if (!c) return -1;
     redisReply *r = redisCommand(c, "GET %s", km);
     if (!r || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_NIL)) {
         fail(q, c, r, "GET");
@@ -389,16 +386,11 @@ static int64_t redis_budget_used(moe_quota *q, const char *bucket, double now) {
 }
 
 static int redis_budget_seed(moe_quota *q, const char *bucket, int64_t used, double now) {
-    char km[320], m[8], mk[16];
+    char km[320];
     double mt = month_time(now);
-    moe_quota_month(mt, m);
-    snprintf(mk, sizeof mk, "m:%s", m);
-    key(km, sizeof km, q, bucket, mk, 1);
-    redisContext *c = conn_get(q);
-    if (!c) {
-        atomic_fetch_add(&q->errors, 1);
-        return -1;
-    }
+    month_key(km, sizeof km, q, bucket, mt);
+    redisContext *c = conn_cmd(q);
+    if (!c) return -1;
     redisReply *r = redisCommand(c, "SET %s %lld NX EX %lld", km, (long long)used,
                                  (long long)(moe_quota_month_left(mt) + 7 * 86400));
     if (!r || (r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_NIL)) return fail(q, c, r, "SET NX");
