@@ -123,6 +123,17 @@ static int limits_ok(const moe_quota_limits *l) {
            l->burst < 1e9;
 }
 
+/* priority, rps, burst, tpm, concurrency, budget at parameters first..first+5 (the column order
+ * of both statements that write a tenant's quota) */
+static void bind_quota(sqlite3_stmt *st, int first, const moe_tenant *t) {
+    sqlite3_bind_int(st, first, t->priority);
+    sqlite3_bind_double(st, first + 1, t->limits.rps);
+    sqlite3_bind_double(st, first + 2, t->limits.burst);
+    sqlite3_bind_int64(st, first + 3, t->limits.tpm);
+    sqlite3_bind_int64(st, first + 4, t->limits.concurrency);
+    sqlite3_bind_int64(st, first + 5, t->limits.budget);
+}
+
 moe_status moe_tenant_add(moe_tenant_db *db, moe_tenant *t, char *key, size_t keylen) {
     if (!moe_tenant_name_ok(t->name)) {
         snprintf(db->err, sizeof db->err, "tenant name '%.80s': use 1 to 63 of A-Z a-z 0-9 _ . -", t->name);
@@ -145,12 +156,7 @@ moe_status moe_tenant_add(moe_tenant_db *db, moe_tenant *t, char *key, size_t ke
         goto done;
     }
     sqlite3_bind_text(st, 1, t->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 2, t->priority);
-    sqlite3_bind_double(st, 3, t->limits.rps);
-    sqlite3_bind_double(st, 4, t->limits.burst);
-    sqlite3_bind_int64(st, 5, t->limits.tpm);
-    sqlite3_bind_int64(st, 6, t->limits.concurrency);
-    sqlite3_bind_int64(st, 7, t->limits.budget);
+    bind_quota(st, 2, t);
     sqlite3_bind_int64(st, 8, t->created);
     int s = sqlite3_step(st);
     if (s == SQLITE_CONSTRAINT) {
@@ -295,12 +301,7 @@ moe_status moe_tenant_update(moe_tenant_db *db, const moe_tenant *t) {
                            "UPDATE tenants SET priority=?, rps=?, burst=?, tpm=?, concurrency=?, budget=? WHERE name=?",
                            -1, &st, NULL) != SQLITE_OK)
         return db_fail(db, "set-quota");
-    sqlite3_bind_int(st, 1, t->priority);
-    sqlite3_bind_double(st, 2, t->limits.rps);
-    sqlite3_bind_double(st, 3, t->limits.burst);
-    sqlite3_bind_int64(st, 4, t->limits.tpm);
-    sqlite3_bind_int64(st, 5, t->limits.concurrency);
-    sqlite3_bind_int64(st, 6, t->limits.budget);
+    bind_quota(st, 1, t);
     sqlite3_bind_text(st, 7, t->name, -1, SQLITE_STATIC);
     int s = sqlite3_step(st);
     sqlite3_finalize(st);
