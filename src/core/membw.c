@@ -108,11 +108,3 @@ void moe_membw_free(moe_membw *b) {
     free(b->buf);
     free(b);
 }
-
-double moe_membw_probe(moe_pool *pool, size_t bytes, int reps) {
-    moe_membw *b = moe_membw_new(bytes);
-    if (!b) return 0.0;
-    double r = moe_membw_run(b, pool, reps);
-    moe_membw_free(b);
-    return r;
-}

@@ -10,13 +10,11 @@
 
 #include "core/pool.h"
 
-/* bytes: buffer size (0 = 1 GiB); reps: passes (best one counts). Returns 0 on failure. */
-double moe_membw_probe(moe_pool *pool, size_t bytes, int reps);
-
-/* A probe whose buffer is committed once, for measurements repeated next to each timed run
+/* The buffer (bytes; 0 = 1 GiB) is committed once, so the probe can run next to every timed run
  * (the bandwidth of a shared machine drifts by tens of percent within minutes). */
 typedef struct moe_membw moe_membw;
 moe_membw *moe_membw_new(size_t bytes); /* NULL when out of memory */
+/* reps passes over the buffer on every pool thread; the best rate in bytes/s */
 double moe_membw_run(moe_membw *b, moe_pool *pool, int reps);
 void moe_membw_free(moe_membw *b);
 
