@@ -234,10 +234,10 @@ static void test_mla_attn(void) {
 static void test_r16(void) {
     enum { OUT = 48 };
     static uint8_t wq[OUT * 2176], rp[OUT * 2176];
-    static float x[17 * 2048], y0[17 * OUT], y1[17 * OUT], d0[2048], d1[2048];
-    static moe_q8a r[17 * 64];
+    static float x[31 * 2048], y0[31 * OUT], y1[31 * OUT], d0[2048], d1[2048];
+    static moe_q8a r[31 * 64];
     const int64_t ins[] = {32, 96, 1056, 2048};
-    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
+    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 31};
     const int top = moe_kern_level();
     CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
               !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48),

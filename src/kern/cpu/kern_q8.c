@@ -387,20 +387,39 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc + b));
         __m512i w[8];
         for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + 8 * b + c);
-        for (int k = 0; k < NT; k++) {
-            const moe_q8a *a = xq + k * nb + b;
-            const int32_t *xd = (const int32_t *)(const void *)a->q;
-            __m512i s0 = _mm512_set1_epi32(-128 * a->s), s1 = _mm512_setzero_si512();
-            s0 = _mm512_dpbusd_epi32(s0, w[0], _mm512_set1_epi32(xd[0]));
-            s1 = _mm512_dpbusd_epi32(s1, w[4], _mm512_set1_epi32(xd[4]));
-            s0 = _mm512_dpbusd_epi32(s0, w[1], _mm512_set1_epi32(xd[1]));
-            s1 = _mm512_dpbusd_epi32(s1, w[5], _mm512_set1_epi32(xd[5]));
-            s0 = _mm512_dpbusd_epi32(s0, w[2], _mm512_set1_epi32(xd[2]));
-            s1 = _mm512_dpbusd_epi32(s1, w[6], _mm512_set1_epi32(xd[6]));
-            s0 = _mm512_dpbusd_epi32(s0, w[3], _mm512_set1_epi32(xd[3]));
-            s1 = _mm512_dpbusd_epi32(s1, w[7], _mm512_set1_epi32(xd[7]));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)),
-                                     acc[k]);
+        if (NT < 4) { /* too few tokens to hide the vpdpbusd latency: two chains per token */
+#pragma GCC unroll 4
+            for (int k = 0; k < NT; k++) {
+                const moe_q8a *a = xq + k * nb + b;
+                const int32_t *xd = (const int32_t *)(const void *)a->q;
+                __m512i s0 = _mm512_set1_epi32(-128 * a->s), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    s0 = _mm512_dpbusd_epi32(s0, w[c], _mm512_set1_epi32(xd[c]));
+                    s1 = _mm512_dpbusd_epi32(s1, w[c + 4], _mm512_set1_epi32(xd[c + 4]));
+                }
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)),
+                                         acc[k]);
+            }
+            continue;
+        }
+#pragma GCC unroll 4
+        for (int k0 = 0; k0 < NT; k0 += 4) {
+            const moe_q8a *a = xq + k0 * nb + b;
+            __m512i s[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k0 + k < NT) s[k] = _mm512_set1_epi32(-128 * a[k * nb].s);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++)
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    if (k0 + k < NT)
+                        s[k] = _mm512_dpbusd_epi32(s[k], w[c], _mm512_set1_epi32(((const int32_t *)(const void *)a[k * nb].q)[c]));
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                if (k0 + k < NT)
+                    acc[k0 + k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[k]), _mm512_mul_ps(dw, _mm512_set1_ps(a[k * nb].d)), acc[k0 + k]);
         }
     }
     for (int k = 0; k < NT; k++) _mm512_storeu_ps(y + k * ldy, acc[k]);
@@ -418,10 +437,17 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
         return;
     }
     if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
-    for (int64_t o = a; o < e; o += 16) {
-        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-        for (int64_t t0 = 0; t0 < T; t0 += 16) {
-            switch (T - t0 < 16 ? (int)(T - t0) : 16) {
+    /* Many tokens: the tokens go in super-tiles whose activation blocks stay in L2 (about 384 KB,
+     * 40 bytes a block) while every group of the range runs over them; otherwise the 16 strided
+     * activation streams of each tile come from L3 (prefill ran at ~60 % of the in-cache rate). */
+    int64_t ts = (int64_t)(384 * 1024 / 40) / nb / 16 * 16;
+    ts = ts < 16 ? 16 : ts;
+    for (int64_t s0 = 0; s0 < T; s0 += ts) {
+        const int64_t s1 = s0 + ts < T ? s0 + ts : T;
+        for (int64_t o = a; o < e; o += 16) {
+            const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+            for (int64_t t0 = s0; t0 < s1; t0 += 16) {
+                switch (s1 - t0 < 16 ? (int)(s1 - t0) : 16) {
                 R16_GROUP(16)
                 R16_GROUP(15)
                 R16_GROUP(14)
@@ -438,6 +464,7 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
                 R16_GROUP(6)
                 R16_GROUP(7)
                 R16_GROUP(8)
+                }
             }
         }
     }
@@ -596,15 +623,20 @@ __attribute__((target("avx512f,avx512vnni"))) static double peak_vnni(double sec
     __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2), a3 = _mm512_set1_epi32(3),
             a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5), a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7),
             a8 = _mm512_set1_epi32(8), a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
-#define DP(a) _mm512_dpbusd_epi32(a, x, w)
     double t0 = tnow(), ts = t0, t, best = 0;
     long n = 0;
     do {
-        for (int r = 0; r < 1000; r++) {
-            PEAK_BODY(DP);
-            __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7), "+v"(a8),
-                             "+v"(a9), "+v"(a10), "+v"(a11));
-        }
+        /* the loop in asm: written in C, GCC placed a register copy after every vpdpbusd and the
+         * rate then depended on where the loop was linked (±35 %) */
+#define DP(k) "vpdpbusd %[w], %[x], %[a" #k "]\n\t"
+        __asm__ volatile("mov $1000, %%ecx\n\t"
+                         "1:\n\t" DP(0) DP(1) DP(2) DP(3) DP(4) DP(5) DP(6) DP(7) DP(8) DP(9) DP(10) DP(11)
+                         "dec %%ecx\n\t"
+                         "jnz 1b"
+                         : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5),
+                           [a6] "+v"(a6), [a7] "+v"(a7), [a8] "+v"(a8), [a9] "+v"(a9), [a10] "+v"(a10), [a11] "+v"(a11)
+                         : [x] "v"(x), [w] "v"(w)
+                         : "ecx", "cc");
 #undef DP
         n += 1000;
         if ((t = tnow()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
