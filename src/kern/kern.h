@@ -165,8 +165,10 @@ void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64
 void moe_kern_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps);
 /* Numerically stable in-place softmax. */
 void moe_kern_softmax(float *x, int64_t n);
-/* x[i] = silu(x[i]) · u[i] */
+/* x[i] = silu(x[i]) · u[i], silu(g) = g·σ(g) from e = exp(−|g|) (core/vexp.h): g/(1+e) for
+ * g ≥ 0, g·e/(1+e) below; every SIMD form equals the ref bit for bit. */
 void moe_kern_swiglu(float *x, const float *u, int64_t n);
+void moe_kern_swiglu_ref(float *x, const float *u, int64_t n);
 
 /* Name of the SIMD level in use ("avx512vnni", "avx2", "neon", "scalar"). MOE_FORCE_REF=1 in
  * the environment selects the scalar reference forms everywhere. */

@@ -34,19 +34,17 @@
 #include <string.h>
 
 #include "core/bits.h"
+#include "core/vexp.h"
 #include "moe/sample.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define MOE_X86 1
 #endif
-#ifdef __clang__
-#pragma STDC FP_CONTRACT OFF /* the ref's a*b+c must stay two roundings, as in the SIMD forms */
-#endif
 
 #define BLK 256      /* elements per block sum */
 #define LANES 16     /* lanes of the block-sum layout */
-#define X_MIN -87.0f /* exp below this is 0 (e^-87 = 1.6e-38, the float normal range ends at 1.2e-38) */
+#define X_MIN VEXP_MIN /* exp below this is 0 */
 
 typedef struct {
     float logit; /* the logit, then the weight */
@@ -64,34 +62,10 @@ struct moe_sampler {
 
 /* ---- exp and the kernels: scalar references ---- */
 
-static const float C_L2E = 1.44269504088896341f, C_MAGIC = 12582912.0f; /* 1.5 · 2^23 */
-static const float C_LN2_HI = 0.693359375f, C_LN2_LO = -2.12194440e-4f;
-static const float C_P0 = 1.9875691500e-4f, C_P1 = 1.3981999507e-3f, C_P2 = 8.3334519073e-3f,
-                   C_P3 = 4.1665795894e-2f, C_P4 = 1.6666665459e-1f, C_P5 = 5.0000001201e-1f;
-#define MAGIC_BITS 0x4b400000 /* bits of C_MAGIC */
-
-
-/* exp(x) for X_MIN <= x <= 0, the operations of the SIMD forms one by one */
-static float exp_ref(float x) {
-    float t = fmaf(x, C_L2E, C_MAGIC);
-    float n = t - C_MAGIC;
-    float r = fmaf(n, -C_LN2_HI, x);
-    r = fmaf(n, -C_LN2_LO, r);
-    float p = fmaf(C_P0, r, C_P1);
-    p = fmaf(p, r, C_P2);
-    p = fmaf(p, r, C_P3);
-    p = fmaf(p, r, C_P4);
-    p = fmaf(p, r, C_P5);
-    float r2 = r * r;
-    p = fmaf(p, r2, r);
-    p = p + 1.0f;
-    return p * u2f((f2u(t) - (MAGIC_BITS - 127)) << 23);
-}
-
 /* the weight of logit l: exp((l − mx) · invT), 0 for NaN and below X_MIN */
 static inline float weight_ref(float l, float mx, float invT) {
     float x = (l - mx) * invT;
-    return x >= X_MIN ? exp_ref(x) : 0.0f;
+    return x >= X_MIN ? vexp_ref(x) : 0.0f;
 }
 
 /* largest of x[0..n), NaN ignored; -inf if there is none */
@@ -142,27 +116,11 @@ static int32_t above_ref(const float *w, int32_t n, float tau, cand *c) {
 /* ---- SIMD forms ---- */
 
 #ifdef MOE_X86
-__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x) {
-    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(C_L2E), _mm512_set1_ps(C_MAGIC));
-    __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(C_MAGIC));
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C_LN2_HI), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C_LN2_LO), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(C_P0), r, _mm512_set1_ps(C_P1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C_P2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C_P3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C_P4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C_P5));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(MAGIC_BITS - 127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
 __attribute__((target("avx512f"))) static inline __m512 weight16(__m512 l, __m512 mx, __m512 invT) {
     __m512 x = _mm512_mul_ps(_mm512_sub_ps(l, mx), invT);
     __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(X_MIN), _CMP_GE_OQ);
     x = _mm512_max_ps(x, _mm512_set1_ps(X_MIN)); /* NaN → X_MIN (max returns its second operand) */
-    return _mm512_maskz_mov_ps(live, exp16(x));
+    return _mm512_maskz_mov_ps(live, vexp16(x));
 }
 
 __attribute__((target("avx512f"))) static float max_avx512(const float *x, int32_t n) {
@@ -246,27 +204,11 @@ __attribute__((target("avx512f"))) static int32_t above_avx512(const float *w, i
     return m;
 }
 
-__attribute__((target("avx2,fma"))) static inline __m256 exp8(__m256 x) {
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(C_L2E), _mm256_set1_ps(C_MAGIC));
-    __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(C_MAGIC));
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C_LN2_HI), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C_LN2_LO), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(C_P0), r, _mm256_set1_ps(C_P1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C_P2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C_P3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C_P4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C_P5));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(MAGIC_BITS - 127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 __attribute__((target("avx2,fma"))) static inline __m256 weight8(__m256 l, __m256 mx, __m256 invT) {
     __m256 x = _mm256_mul_ps(_mm256_sub_ps(l, mx), invT);
     __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(X_MIN), _CMP_GE_OQ);
     x = _mm256_max_ps(x, _mm256_set1_ps(X_MIN)); /* NaN → X_MIN */
-    return _mm256_and_ps(live, exp8(x));
+    return _mm256_and_ps(live, vexp8(x));
 }
 
 __attribute__((target("avx2,fma"))) static float max_avx2(const float *x, int32_t n) {

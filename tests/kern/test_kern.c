@@ -400,6 +400,48 @@ static void test_kquants(void) {
     moe_pool_free(pool);
 }
 
+/* SwiGLU: every level equals the ref bit for bit (edge values included), and the ref is within
+ * a few ulp of g·u/(1+e^−g) in double */
+static void test_swiglu(void) {
+    enum { N = 1000 };
+    static float g[N], u[N], y0[N], y1[N];
+    const float edge[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 87.0f, -87.0f, 87.5f, -87.5f, 88.7f, -88.7f, 100.0f, -100.0f,
+                          1e30f, -1e30f, INFINITY, NAN, 0.5f, -0.5f, 20.0f, -20.0f, 3.4e38f, -3.4e38f};
+    const int ne = (int)(sizeof edge / sizeof edge[0]);
+    for (int i = 0; i < N; i++) {
+        g[i] = i < ne ? edge[i] : frand() * (i % 3 == 0 ? 100.0f : 8.0f);
+        u[i] = i < ne ? 1.0f : frand() * 2.0f;
+    }
+    const int top = moe_kern_level();
+    const int lens[] = {1, 7, 15, 16, 17, 33, N};
+    double worst = 0;
+    for (size_t q = 0; q < sizeof lens / sizeof lens[0]; q++) {
+        const int n = lens[q];
+        memcpy(y0, g, sizeof g);
+        moe_kern_swiglu_ref(y0, u, n);
+        for (int l = top; l >= 0; l--) {
+            moe_kern_set_level(l);
+            memcpy(y1, g, sizeof g);
+            moe_kern_swiglu(y1, u, n);
+            CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)n), "swiglu n=%d level %d differs from the ref", n, l);
+        }
+        moe_kern_set_level(top);
+    }
+    for (int i = 0; i < N; i++) {
+        const double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * (double)u[i];
+        if (isnan(g[i])) {
+            CHECK(isnan(y0[i]), "swiglu(NaN) = %g, want NaN", y0[i]);
+        } else if (isinf(want) || fabs(want) < 1e-30) {
+            CHECK(want == y0[i] || fabs(want - y0[i]) < 1e-30, "swiglu(%g) = %g, want %g", g[i], y0[i], want);
+        } else {
+            const double rel = fabs(y0[i] - want) / fabs(want);
+            worst = rel > worst ? rel : worst;
+        }
+    }
+    printf("swiglu ref vs double: largest relative error %.3g\n", worst);
+    CHECK(worst < 1e-6, "swiglu relative error %.3g", worst);
+}
+
 int main(void) {
     printf("simd: %s\n", moe_kern_simd_name());
     /* dot: SIMD vs ref, all lengths 0..300 (tails) */
@@ -475,6 +517,7 @@ int main(void) {
     test_mla_attn();
     test_set();
     test_kquants();
+    test_swiglu();
 
     /* rmsnorm, softmax, swiglu against their formulas */
     float x[37], w[37], y[37];

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/vexp.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
 
@@ -49,6 +50,34 @@ __attribute__((target("avx2,fma"))) static void axpy_avx2(float *y, float a, con
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] = __builtin_fmaf(a, x[i], y[i]);
+}
+
+/* SwiGLU (kern.h): the ref's operations on 16 / 8 lanes; e below VEXP_MIN or of a NaN is 0 */
+__attribute__((target("avx512f"))) static void swiglu_avx512(float *x, const float *u, int64_t n) {
+    const __m512 lo = _mm512_set1_ps(VEXP_MIN), one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(x + i);
+        const __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(g), _mm512_set1_epi32((int)0x80000000u)));
+        const __mmask16 live = _mm512_cmp_ps_mask(m, lo, _CMP_GE_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(live, vexp16(_mm512_max_ps(m, lo)));
+        const __m512 num = _mm512_mask_mul_ps(g, _mm512_cmp_ps_mask(g, zero, _CMP_GE_OQ) ^ 0xffff, g, e);
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_div_ps(num, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+    moe_kern_swiglu_ref(x + i, u + i, n - i);
+}
+
+__attribute__((target("avx2,fma"))) static void swiglu_avx2(float *x, const float *u, int64_t n) {
+    const __m256 lo = _mm256_set1_ps(VEXP_MIN), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(x + i), m = _mm256_or_ps(g, sign);
+        const __m256 e = _mm256_and_ps(_mm256_cmp_ps(m, lo, _CMP_GE_OQ), vexp8(_mm256_max_ps(m, lo)));
+        const __m256 num = _mm256_blendv_ps(_mm256_mul_ps(g, e), g, _mm256_cmp_ps(g, zero, _CMP_GE_OQ));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_div_ps(num, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    moe_kern_swiglu_ref(x + i, u + i, n - i);
 }
 
 __attribute__((target("avx2,fma,f16c"))) static void dequant_f16_avx2(const void *src, float *dst, int64_t n) {
@@ -149,6 +178,20 @@ void moe_kern_axpy(float *y, float a, const float *x, int64_t n) {
     }
 #endif
     moe_kern_axpy_ref(y, a, x, n);
+}
+
+void moe_kern_swiglu(float *x, const float *u, int64_t n) {
+#ifdef MOE_X86
+    if (level() == 2) {
+        swiglu_avx512(x, u, n);
+        return;
+    }
+    if (level() == 1) {
+        swiglu_avx2(x, u, n);
+        return;
+    }
+#endif
+    moe_kern_swiglu_ref(x, u, n);
 }
 
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n) {

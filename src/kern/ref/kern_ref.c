@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/vexp.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
 
@@ -41,8 +42,11 @@ void moe_kern_softmax(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void moe_kern_swiglu(float *x, const float *u, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])) * u[i];
+void moe_kern_swiglu_ref(float *x, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float g = x[i], m = -fabsf(g), e = m >= VEXP_MIN ? vexp_ref(m) : 0.0f; /* NaN: e = 0 */
+        x[i] = (g >= 0.0f ? g : g * e) / (1.0f + e) * u[i];
+    }
 }
 
 void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n) {
