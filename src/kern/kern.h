@@ -89,17 +89,28 @@ void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *
 void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
                            int64_t o1);
 /* Q8_0 repacked for the VNNI kernels ("R16"): an in-memory layout, never written to files.
- * Rows come in groups of 16; with nb = in/32 blocks per row, group g occupies 544·nb bytes:
- *   [nb × 512 bytes of weights][nb × 32 bytes of scales]
- * Weight block b of the group is 8 columns of 64 bytes: column c, lane j (4 bytes) holds bytes
- * 4c..4c+3 of row j's block b, each stored as w ⊕ 0x80 (= w + 128, the unsigned operand of
- * vpdpbusd); scale (b, j) is row j's F16 d. So one aligned 64-byte load gives 4 bytes of all 16
- * rows, a block is 8 vpdpbusd per token with no shuffles and no per-row reduction, and the
- * scales of 16 rows are one 32-byte load. The size equals Q8_0's (16 × 34 bytes per block), so
- * row_bytes stays 34·nb: `data + o·row_bytes` is group o/16 for o a multiple of 16, and
- * per-head / per-expert slices move by the same strides as in the file. `out` is a multiple of
- * 16. Every product gives the same bits as on the Q8_0 original. */
+ * Rows come in groups of 16; with nb = in/32 blocks per row, group g occupies 544·nb bytes,
+ * blocks in pairs of 1088 bytes (17 cache lines), each pair
+ *   [512 bytes of weights of block 2p][512 of block 2p+1][32 bytes of scales of 2p][32 of 2p+1]
+ * (an odd last block: [512 weights][32 scales]). Weight block b is 8 columns of 64 bytes:
+ * column c, lane j (4 bytes) holds bytes 4c..4c+3 of row j's block b, each stored as w ⊕ 0x80
+ * (= w + 128, the unsigned operand of vpdpbusd); scale (b, j) is row j's F16 d. So one aligned
+ * 64-byte load gives 4 bytes of all 16 rows, a block is 8 vpdpbusd per token with no shuffles
+ * and no per-row reduction, the scales of 16 rows are one 32-byte load, and a matrix is read
+ * front to back as one stream (one prefetch pointer; scales kept apart from the weights were a
+ * second stream and cost ~20 % of the streaming rate). The size equals Q8_0's (16 × 34 bytes
+ * per block), so row_bytes stays 34·nb: `data + o·row_bytes` is group o/16 for o a multiple of
+ * 16, and per-head / per-expert slices move by the same strides as in the file. `out` is a
+ * multiple of 16. Every product gives the same bits as on the Q8_0 original. */
 #define MOE_KTYPE_Q8_0_R16 0x1008
+/* Byte offsets of block b's weights and scales inside an R16 group of nb blocks. */
+static inline size_t moe_r16_woff(int64_t nb, int64_t b) {
+    (void)nb;
+    return (size_t)(b >> 1) * 1088 + (size_t)(b & 1) * 512;
+}
+static inline size_t moe_r16_soff(int64_t nb, int64_t b) {
+    return (size_t)(b >> 1) * 1088 + ((b & 1) || b + 1 < nb ? 1024 + (size_t)(b & 1) * 32 : 512);
+}
 /* 1 when a view of this type and shape can be repacked (Q8_0, out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q8_0 matrix (rows src_row_bytes apart) to R16 at dst (the matrix's start). */

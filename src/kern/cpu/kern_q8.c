@@ -368,25 +368,23 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
  * Two integer chains per token (columns 0–3, 4–7) halve the dependent vpdpbusd latency. */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
-    const __m512i *wq = (const __m512i *)(const void *)g;
-    const __m256i *sc = (const __m256i *)(const void *)(g + (size_t)nb * 512);
     __m512 acc[16];
     for (int k = 0; k < NT; k++) acc[k] = _mm512_setzero_ps();
-    const uint8_t *next = g + (size_t)nb * 544; /* the next group (prefetch only; may lie past the matrix) */
     for (int64_t b = 0; b < nb; b++) {
-        /* Two streams, both prefetched: the weights 8 blocks (4 KB) ahead and the scales 16 blocks
-         * ahead, each running on into the next group's weights or scales at the end of this one
-         * (prefetching the plain address b + 8 ran into this group's own scale lines instead,
-         * leaving the scales of the first 56 blocks and the start of the next group to demand
-         * misses). */
-        const char *pw = b + 8 < nb ? (const char *)(wq + 8 * (b + 8)) : (const char *)next + (size_t)(b + 8 - nb) * 512;
-        for (int c = 0; c < 8; c++) _mm_prefetch(pw + 64 * c, _MM_HINT_T0);
-        if (!(b & 1))
-            _mm_prefetch(b + 16 < nb ? (const char *)(sc + b + 16) : (const char *)next + (size_t)nb * 512 + (size_t)(b + 16 - nb) * 32,
-                         _MM_HINT_T0);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc + b));
+        /* One stream: the group is read front to back in 1088-byte pairs of blocks, and each pair
+         * prefetches the pair two ahead (17 lines, 2 KB on), running on into the next group (or
+         * past the matrix: a prefetch does not fault). Measured on a 223 MB matrix, 2 threads:
+         * ~95-104 % of the bandwidth probe, against 76-81 % for the earlier layout with its
+         * separate weight and scale streams (4 KB and 16 blocks ahead); 1 pair ahead or 4+
+         * pairs ahead streamed at 77-92 %. */
+        if (!(b & 1)) {
+            const char *pf = (const char *)g + (size_t)(b / 2 + 2) * 1088;
+            for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
+        }
+        const __m512i *wq = (const __m512i *)(const void *)(g + moe_r16_woff(nb, b));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(g + moe_r16_soff(nb, b))));
         __m512i w[8];
-        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + 8 * b + c);
+        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + c);
         if (NT < 4) { /* too few tokens to hide the vpdpbusd latency: two chains per token */
 #pragma GCC unroll 4
             for (int k = 0; k < NT; k++) {

@@ -133,18 +133,19 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
     const int64_t nb = in / 32;
     const size_t gb = (size_t)nb * 544;
     for (int64_t g = g0; g < g1; g++) {
-        uint8_t *wq = dst + (size_t)g * gb, *sc = wq + (size_t)nb * 512;
+        uint8_t *gp = dst + (size_t)g * gb;
         for (int j = 0; j < 16; j++) {
             const uint8_t *row = src + (size_t)(16 * g + j) * src_row_bytes;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * 34;
-                sc[b * 32 + 2 * j] = blk[0];
-                sc[b * 32 + 2 * j + 1] = blk[1];
+                uint8_t *wq = gp + moe_r16_woff(nb, b), *sc = gp + moe_r16_soff(nb, b);
+                sc[2 * j] = blk[0];
+                sc[2 * j + 1] = blk[1];
                 for (int c = 0; c < 8; c++) { /* 4 bytes of column c, each + 128 */
                     uint32_t v;
                     memcpy(&v, blk + 2 + 4 * c, 4);
                     v ^= 0x80808080u;
-                    memcpy(wq + b * 512 + c * 64 + j * 4, &v, 4);
+                    memcpy(wq + c * 64 + j * 4, &v, 4);
                 }
             }
         }
@@ -156,9 +157,10 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
     const int64_t nb = w->in / 32;
     const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
     const int j = (int)(o % 16);
-    blk[0] = g[(size_t)nb * 512 + (size_t)b * 32 + 2 * j];
-    blk[1] = g[(size_t)nb * 512 + (size_t)b * 32 + 2 * j + 1];
-    for (int i = 0; i < 32; i++) blk[2 + i] = g[(size_t)b * 512 + (i / 4) * 64 + j * 4 + i % 4] ^ 0x80;
+    const uint8_t *wq = g + moe_r16_woff(nb, b), *sc = g + moe_r16_soff(nb, b);
+    blk[0] = sc[2 * j];
+    blk[1] = sc[2 * j + 1];
+    for (int i = 0; i < 32; i++) blk[2 + i] = wq[(i / 4) * 64 + j * 4 + i % 4] ^ 0x80;
 }
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
