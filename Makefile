@@ -2,13 +2,14 @@
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
+AARCH64_BUILD ?= build-aarch64
 JOBS       ?= $(shell nproc)
 # the bundled trained model (docs/model-card.md) when present, else a tiny random one
 MODEL      ?= $(if $(wildcard models/default.gguf),models/default.gguf,models/tiny.gguf)
 PROMPT     ?= The people of the United States
 FUZZ_SECONDS ?= 30
 
-.PHONY: all deps build asan fuzz test test-fast test-asan test-fuzz test-slow run bench clean
+.PHONY: all deps build asan fuzz test test-fast test-asan test-fuzz test-aarch64 test-slow run bench clean
 
 all: build
 
@@ -27,8 +28,9 @@ fuzz: deps
 	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMOE_FUZZ=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_all
 
-# The whole default suite: unit + vector tests, then the sanitizer pass, then bounded fuzzing.
-test: test-fast test-asan test-fuzz
+# The whole default suite: unit + vector tests, then the sanitizer pass, then bounded fuzzing,
+# then the aarch64 build (NEON kernels and the engine) under qemu.
+test: test-fast test-asan test-fuzz test-aarch64
 
 test-fast: build
 	@cd $(BUILD) && ctest -LE "slow|gpu|mpi" --output-on-failure -j $(JOBS)
@@ -39,6 +41,11 @@ test-asan: asan
 
 test-fuzz: fuzz
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-fuzz.sh $(FUZZ_BUILD)
+
+# NEON forms against the refs, and the engine against ../shared/vectors, cross-built for aarch64
+# and run under qemu user-mode emulation (scripts/test-aarch64.sh; docs/engine.md).
+test-aarch64: deps
+	@JOBS=$(JOBS) scripts/test-aarch64.sh $(AARCH64_BUILD)
 
 test-slow: build
 	@cd $(BUILD) && ctest -L slow --output-on-failure
@@ -60,4 +67,4 @@ bench: build
 	$(BUILD)/moe bench -m models/bench-v2lite-4L-q8_0.gguf
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(AARCH64_BUILD)

@@ -16,6 +16,13 @@ static float frand(void) {
     return (float)((double)(g_s >> 11) * 0x1.0p-53 * 2.0 - 1.0);
 }
 
+/* Makes level l the current one; 0 when this machine does not run it (aarch64 runs only NEON, 3,
+ * and the ref, 0: the level loops skip 2 and 1 there instead of repeating level 3). */
+static int use_level(int l) {
+    moe_kern_set_level(l);
+    return moe_kern_level() == l;
+}
+
 /* float64 product of dequantized weight rows and dequantized activation blocks */
 static double ref_dot_q(const moe_wview *w, int64_t o, const moe_q8a *a) {
     float row[4096];
@@ -51,7 +58,7 @@ static void test_w8a8(void) {
         fill_x(x, 9 * 2048, kind);
         moe_kern_quant_act_ref(x, r, 9 * 2048);
         for (int l = top; l >= 1; l--) {
-            moe_kern_set_level(l);
+            if (!use_level(l)) continue;
             moe_kern_quant_act(x, s, 9 * 2048);
             same &= memcmp(r, s, sizeof(moe_q8a) * 9 * 64) == 0;
         }
@@ -106,7 +113,7 @@ static void test_w8a8(void) {
                 CHECK(md <= 1e-5 * (scale + 1e-30), "mmq %s in=%lld T=%d: ref vs float64 %.3e (scale %.3e)",
                       moe_dtype_name(t), (long long)in, T, md, scale);
                 for (int l = top; l >= 1; l--) {
-                    moe_kern_set_level(l);
+                    if (!use_level(l)) continue;
                     memset(y1, 0, sizeof y1);
                     moe_kern_mmq_rows(&w, r, T, y1, OUT, 0, OUT);
                     CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "mmq %s in=%lld T=%d: level %d differs from ref",
@@ -183,7 +190,7 @@ static void test_mla_attn(void) {
                 const float scale = 1.0f / sqrtf((float)W);
                 moe_kern_mla_attn_ref(q, W, hn, cache, W, n, Lkv, scale, sc, u0, Lkv);
                 for (int l = top; l >= 0; l--) {
-                    moe_kern_set_level(l);
+                    if (!use_level(l)) continue;
                     memset(u1, 0, sizeof u1);
                     moe_kern_mla_attn(q, W, hn, cache, W, n, Lkv, scale, sc, u1, Lkv);
                     CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,
@@ -275,7 +282,7 @@ static void test_r16(void) {
             for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
             moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
             for (int l = top; l >= 0; l--) {
-                moe_kern_set_level(l);
+                if (!use_level(l)) continue;
                 memset(y1, 0, sizeof y1);
                 moe_kern_mmq_rows(&wr, r, T, y1, OUT, 0, OUT);
                 CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "r16 in=%lld T=%d level %d: differs from Q8_0 ref",
@@ -420,7 +427,7 @@ static void test_swiglu(void) {
         memcpy(y0, g, sizeof g);
         moe_kern_swiglu_ref(y0, u, n);
         for (int l = top; l >= 0; l--) {
-            moe_kern_set_level(l);
+            if (!use_level(l)) continue;
             memcpy(y1, g, sizeof g);
             moe_kern_swiglu(y1, u, n);
             CHECK(!memcmp(y0, y1, sizeof(float) * (size_t)n), "swiglu n=%d level %d differs from the ref", n, l);
@@ -444,6 +451,18 @@ static void test_swiglu(void) {
 
 int main(void) {
     printf("simd: %s\n", moe_kern_simd_name());
+#if defined(__aarch64__)
+    { /* aarch64 (scripts/test-aarch64.sh, under qemu): NEON must be the level in use, not a silent
+       * fallback to the ref; the x86 levels must be refused */
+        const char *fr = getenv("MOE_FORCE_REF");
+        const int top = moe_kern_level();
+        CHECK(top == 3 || (fr && *fr && strcmp(fr, "0") != 0), "aarch64: level %d (%s), want 3 (neon)", top,
+              moe_kern_simd_name());
+        CHECK(!use_level(2) && !use_level(1), "aarch64: an x86 level was accepted");
+        moe_kern_set_level(top);
+        printf("levels run: %d (%s) and 0 (scalar ref)\n", top, moe_kern_simd_name());
+    }
+#endif
     /* dot: SIMD vs ref, all lengths 0..300 (tails) */
     float a[4096], b[4096];
     for (int i = 0; i < 4096; i++) {
