@@ -373,10 +373,10 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
     for (int64_t b = 0; b < nb; b++) {
         /* One stream: the group is read front to back in 1088-byte pairs of blocks, and each pair
          * prefetches the pair two ahead (17 lines, 2 KB on), running on into the next group (or
-         * past the matrix: a prefetch does not fault). Measured on a 223 MB matrix, 2 threads:
-         * ~95-104 % of the bandwidth probe, against 76-81 % for the earlier layout with its
-         * separate weight and scale streams (4 KB and 16 blocks ahead); 1 pair ahead or 4+
-         * pairs ahead streamed at 77-92 %. */
+         * past the matrix: a prefetch does not fault). A 223 MB matrix on 2 threads, each pass
+         * between two probe passes: 84-100 % of the probe, against 75-82 % for the earlier
+         * layout with separate weight and scale streams (4 KB and 16 blocks ahead). In a
+         * synthetic copy of the loop, 1 pair ahead or 4+ pairs ahead streamed at 77-92 %. */
         if (!(b & 1)) {
             const char *pf = (const char *)g + (size_t)(b / 2 + 2) * 1088;
             for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
