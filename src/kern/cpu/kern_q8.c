@@ -367,7 +367,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
  * the float accumulators of the NT tokens stay in registers over the whole row (exact ref order).
  * Two integer chains per token (columns 0–3, 4–7) halve the dependent vpdpbusd latency. */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
+r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int far) {
     __m512 acc[16];
     for (int k = 0; k < NT; k++) acc[k] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -380,6 +380,10 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
         if (!(b & 1)) {
             const char *pf = (const char *)g + (size_t)(b / 2 + 2) * 1088;
             for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
+            if (NT >= 8 && far) { /* a slow (compute-bound) single pass: also 6 pairs ahead into L2, +3-4 % */
+                pf = (const char *)g + (size_t)(b / 2 + 6) * 1088;
+                for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T1);
+            }
         }
         const __m512i *wq = (const __m512i *)(const void *)(g + moe_r16_woff(nb, b));
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(g + moe_r16_soff(nb, b))));
@@ -424,7 +428,7 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
 }
 
 #define R16_GROUP(n)                                                                                                   \
-    case n: r16_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy); break;
+    case n: r16_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, far); break;
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -440,6 +444,7 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
      * activation streams of each tile come from L3 (prefill ran at ~60 % of the in-cache rate). */
     int64_t ts = (int64_t)(384 * 1024 / 40) / nb / 16 * 16;
     ts = ts < 16 ? 16 : ts;
+    const int far = T <= 16; /* one pass per group; with several, later passes find it cached */
     for (int64_t s0 = 0; s0 < T; s0 += ts) {
         const int64_t s1 = s0 + ts < T ? s0 + ts : T;
         for (int64_t o = a; o < e; o += 16) {
