@@ -59,18 +59,19 @@
     for (; c + 2 * VL <= hi; c += 2 * VL) /* a 32-column strip of the cache stays in L2 for every head group */         \
         for (int hg = 0; hg < hn; hg += 8) {                                                                           \
             const int nh = hn - hg < 8 ? hn - hg : 8;                                                                  \
-            V acc[8][2];                                                                                               \
-            for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = ZERO();                                                \
+            V acc[8][2]; /* unrolled, so the 16 sums stay in registers (GCC kept the array in memory) */               \
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = ZERO();                        \
             for (int64_t kk = 0; kk < n; kk++) {                                                                       \
                 const float *row = cache + kk * W + c;                                                                 \
                 const V v0 = LOAD(row), v1 = LOAD(row + VL);                                                           \
-                for (int i = 0; i < 8; i++) {                                                                          \
+                _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                                  \
                     const V p = SET1(s[16 * kk + hg + i]);                                                             \
                     acc[i][0] = FMA(p, v0, acc[i][0]);                                                                 \
                     acc[i][1] = FMA(p, v1, acc[i][1]);                                                                 \
                 }                                                                                                      \
             }                                                                                                          \
-            for (int i = 0; i < nh; i++) {                                                                             \
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                                      \
+                if (i >= nh) break;                                                                                    \
                 STORE(u + (hg + i) * ldu + c, acc[i][0]);                                                              \
                 STORE(u + (hg + i) * ldu + c + VL, acc[i][1]);                                                         \
             }                                                                                                          \
