@@ -111,8 +111,9 @@ __attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w
                 __m256i wq[8];
                 for (int i = 0; i < 8; i++)
                     wq[i] = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
-                #pragma GCC unroll 4
-                for (int k = 0; k < TT && k < nt; k++) {
+#pragma GCC unroll 4
+                for (int k = 0; k < TT; k++) {
+                    if (k >= nt) break;
                     const moe_q8a *a = xq + (t0 + k) * nb + b;
                     const __m256i x = _mm256_loadu_si256((const __m256i *)a->q);
                     __m256i p[8];
@@ -126,8 +127,9 @@ __attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), acc[k]);
                 }
             }
-            #pragma GCC unroll 4
-            for (int k = 0; k < TT && k < nt; k++) {
+#pragma GCC unroll 4
+            for (int k = 0; k < TT; k++) {
+                if (k >= nt) break;
                 float v[8];
                 _mm256_storeu_ps(v, acc[k]);
                 for (int i = 0; i < 8; i++) y[(t0 + k) * ldy + o + i] = v[i];
@@ -278,13 +280,14 @@ mmq_vnni_gemm16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int6
             for (int64_t t0 = 0; t0 < T; t0 += 8) {
                 const int nt = T - t0 < 8 ? (int)(T - t0) : 8;
                 __m512 acc[8];
-                #pragma GCC unroll 8
+#pragma GCC unroll 8
                 for (int k = 0; k < 8; k++) acc[k] = b0 && k < nt ? _mm512_loadu_ps(y + (t0 + k) * ldy + o) : _mm512_setzero_ps();
                 for (int bk = 0; bk < nbk; bk++) {
                     const __m512i *col = colbuf + bk * 8;
                     const __m512 dw = dwbuf[bk];
-                    #pragma GCC unroll 8
-                    for (int k = 0; k < 8 && k < nt; k++) {
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; k++) {
+                        if (k >= nt) break;
                         const moe_q8a *a = xq + (t0 + k) * nb + b0 + bk;
                         const int32_t *xd = (const int32_t *)(const void *)a->q;
                         __m512i s = _mm512_set1_epi32(-bias * a->s);
@@ -292,8 +295,9 @@ mmq_vnni_gemm16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int6
                         acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)), acc[k]);
                     }
                 }
-                #pragma GCC unroll 8
-                for (int k = 0; k < 8 && k < nt; k++) _mm512_storeu_ps(y + (t0 + k) * ldy + o, acc[k]);
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    if (k < nt) _mm512_storeu_ps(y + (t0 + k) * ldy + o, acc[k]);
             }
         }
     }
@@ -336,8 +340,9 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                 if (nt >= 3) {
                     __m256i col[8];
                     transpose8(wq, col);
-                    #pragma GCC unroll 8
-                    for (int k = 0; k < TV && k < nt; k++) {
+#pragma GCC unroll 8
+                    for (int k = 0; k < TV; k++) {
+                        if (k >= nt) break;
                         const moe_q8a *a = xq + (t0 + k) * nb + b;
                         const int32_t *xd = (const int32_t *)(const void *)a->q;
                         __m256i s = _mm256_set1_epi32(-bias * a->s);
@@ -345,8 +350,9 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                         acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), acc[k]);
                     }
                 } else {
-                    #pragma GCC unroll 8
-                    for (int k = 0; k < TV && k < nt; k++) {
+#pragma GCC unroll 8
+                    for (int k = 0; k < TV; k++) {
+                        if (k >= nt) break;
                         const moe_q8a *a = xq + (t0 + k) * nb + b;
                         const __m256i x = _mm256_loadu_si256((const __m256i *)a->q);
                         __m256i p[8];
@@ -356,8 +362,9 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                     }
                 }
             }
-            #pragma GCC unroll 8
-            for (int k = 0; k < TV && k < nt; k++) {
+#pragma GCC unroll 8
+            for (int k = 0; k < TV; k++) {
+                if (k >= nt) break;
                 float v[8];
                 _mm256_storeu_ps(v, acc[k]);
                 for (int i = 0; i < 8; i++) y[(t0 + k) * ldy + o + i] = v[i];
