@@ -462,10 +462,14 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
     const int far = T <= 16; /* one pass per group; with several, later passes find it cached */
     for (int64_t s0 = 0; s0 < T; s0 += ts) {
         const int64_t s1 = s0 + ts < T ? s0 + ts : T;
+        /* tiles of near-equal size, at most 16: 49 tokens are 13+12+12+12, not 16+16+16+1 (a
+         * 1-token pass costs a weight pass for 1/16 of the work) */
+        const int64_t L = s1 - s0, ntile = (L + 15) / 16;
         for (int64_t o = a; o < e; o += 16) {
             const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-            for (int64_t t0 = s0; t0 < s1; t0 += 16) {
-                switch (s1 - t0 < 16 ? (int)(s1 - t0) : 16) {
+            for (int64_t i = 0; i < ntile; i++) {
+                const int64_t t0 = s0 + L * i / ntile;
+                switch ((int)(s0 + L * (i + 1) / ntile - t0)) {
                 R16_GROUP(16)
                 R16_GROUP(15)
                 R16_GROUP(14)
