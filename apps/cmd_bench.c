@@ -222,8 +222,9 @@ int moe_cmd_bench(int argc, char **argv) {
     /* active bytes: weights per token + the average KV cache read over the decode run */
     double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
     double active = (double)moe_model_active_bytes(m) + kv_row * ((depth > 0 ? (double)depth : 1.0) + (double)n_g / 2.0);
-    /* warm-up (page in the weights) */
-    moe_ctx_eval(c, toks, 1, NULL);
+    /* warm-up: pages in the weights, and a full-size prompt commits the step buffers (a one-token
+     * warm-up left the first timed prefill paying their page faults) */
+    moe_ctx_eval(c, toks, (int32_t)(n_p > 0 ? n_p : 1), NULL);
     for (int r = 0; r < reps; r++) {
         if (n_p > 0) {
             moe_ctx_truncate(c, 0);
