@@ -494,6 +494,35 @@ int main(void) {
         CHECK(memcmp(r1, r2, sizeof r1) == 0, "dequant %s: SIMD differs from reference", moe_dtype_name(t));
     }
 
+    /* Q4_K and Q5_0 (the 4-bit files' types): SIMD dequant vs the dtype reference on random
+     * bytes (every nibble, 5th bit and 6-bit scale pattern; F16 scales kept finite) */
+    {
+        static uint8_t raw[16 * 144];
+        static float r1[16 * 256], r2[16 * 256];
+        const int kt[] = {MOE_DTYPE_Q4_K, MOE_DTYPE_Q5_0};
+        const size_t bbytes[] = {144, 22}, bvals[] = {256, 32};
+        for (int k = 0; k < 2; k++) {
+            const int64_t nbk = (int64_t)(sizeof raw / bbytes[k]), n = nbk * (int64_t)bvals[k];
+            for (size_t i = 0; i < sizeof raw; i++) raw[i] = (uint8_t)(frand() * 256.0f);
+            for (int64_t bk = 0; bk < nbk; bk++) { /* d (and dmin) in [2^-14, 2) or a denormal */
+                for (int f = 0; f < (k == 0 ? 2 : 1); f++) {
+                    uint16_t hv = bk == 3 ? (uint16_t)0x0005 : moe_f32_to_f16(0.001f + fabsf(frand()));
+                    memcpy(raw + (size_t)bk * bbytes[k] + 2 * f, &hv, 2);
+                }
+            }
+            const int top = moe_kern_level();
+            moe_dtype_dequant_row(kt[k], raw, r1, n);
+            for (int l = top; l >= 0; l--) {
+                if (!use_level(l)) continue;
+                memset(r2, 0, sizeof r2);
+                moe_kern_dequant_row(kt[k], raw, r2, n);
+                CHECK(memcmp(r1, r2, sizeof(float) * (size_t)n) == 0, "dequant %s level %d differs from the reference",
+                      moe_dtype_name(kt[k]), l);
+            }
+            moe_kern_set_level(top);
+        }
+    }
+
     /* matmul: threaded, tiled, strided vs float64 naive, for each weight type */
     moe_pool *pool = moe_pool_init(3);
     const int IN = 96, OUT = 70, T = 5, LDX = 100, LDY = 75;

@@ -101,6 +101,63 @@ __attribute__((target("avx2,fma,f16c"))) static void dequant_q8_0_avx2(const voi
     }
 }
 
+/* Q4_K (spec gguf.md §9.7): per 64 outputs d1·q − m1 and d2·q − m2, a product then a
+ * difference as in moe_dtype_dequant_row, so the values are the same bits */
+__attribute__((target("avx2,fma,f16c"))) static void dequant_q4_k_avx2(const void *src, float *dst, int64_t n) {
+    const uint8_t *s = src;
+    const __m128i lo4 = _mm_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / 256; b++, s += 144) {
+        uint16_t hd, hm;
+        memcpy(&hd, s, 2);
+        memcpy(&hm, s + 2, 2);
+        const float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
+        const uint8_t *sc = s + 4, *qs = s + 16;
+        float *y = dst + b * 256;
+        for (int g = 0; g < 4; g++) {
+            int a[2], m[2];
+            for (int h = 0; h < 2; h++) { /* §9.6 */
+                const int j = 2 * g + h;
+                a[h] = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+                m[h] = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+            }
+            const __m256 d1 = _mm256_set1_ps(d * (float)a[0]), m1 = _mm256_set1_ps(dmin * (float)m[0]);
+            const __m256 d2 = _mm256_set1_ps(d * (float)a[1]), m2 = _mm256_set1_ps(dmin * (float)m[1]);
+            for (int k = 0; k < 4; k++) { /* bytes 8k..8k+7 of this group's 32 */
+                const __m128i q = _mm_loadl_epi64((const __m128i *)(qs + 32 * g + 8 * k));
+                const __m256 ql = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(q, lo4)));
+                const __m256 qh = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), lo4)));
+                _mm256_storeu_ps(y + 64 * g + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d1, ql), m1));
+                _mm256_storeu_ps(y + 64 * g + 32 + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d2, qh), m2));
+            }
+        }
+    }
+}
+
+/* Q5_0: (q − 16)·d with the 5th bits of qh (bit j for element j, bit j+16 for element j+16) */
+__attribute__((target("avx2,fma,f16c"))) static void dequant_q5_0_avx2(const void *src, float *dst, int64_t n) {
+    const uint8_t *s = src;
+    const __m128i lo4 = _mm_set1_epi8(0x0F);
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128), sixteen = _mm256_set1_epi32(16);
+    for (int64_t b = 0; b < n / 32; b++, s += 22) {
+        uint16_t hd;
+        memcpy(&hd, s, 2);
+        uint32_t h;
+        memcpy(&h, s + 2, 4);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(hd));
+        const uint8_t *qs = s + 6;
+        for (int k = 0; k < 2; k++) { /* elements 8k..8k+7 and 16+8k..16+8k+7 */
+            const __m128i q = _mm_loadl_epi64((const __m128i *)(qs + 8 * k));
+            const __m256i hl = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(h >> (8 * k))), bit), bit);
+            const __m256i hh = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(h >> (16 + 8 * k))), bit), bit);
+            const __m256i ql = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(q, lo4)), _mm256_and_si256(hl, sixteen));
+            const __m256i qh = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), lo4)),
+                                                _mm256_and_si256(hh, sixteen));
+            _mm256_storeu_ps(dst + b * 32 + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ql, sixteen)), d));
+            _mm256_storeu_ps(dst + b * 32 + 16 + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(qh, sixteen)), d));
+        }
+    }
+}
+
 __attribute__((target("avx2"))) static void dequant_bf16_avx2(const void *src, float *dst, int64_t n) {
     const uint16_t *s = src;
     int64_t i = 0;
@@ -201,6 +258,8 @@ void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n) {
         case MOE_DTYPE_F16: dequant_f16_avx2(src, dst, n); return;
         case MOE_DTYPE_Q8_0: dequant_q8_0_avx2(src, dst, n); return;
         case MOE_DTYPE_BF16: dequant_bf16_avx2(src, dst, n); return;
+        case MOE_DTYPE_Q4_K: dequant_q4_k_avx2(src, dst, n); return;
+        case MOE_DTYPE_Q5_0: dequant_q5_0_avx2(src, dst, n); return;
         default: break;
         }
     }
