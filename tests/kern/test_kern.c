@@ -130,6 +130,64 @@ static void test_w8a8(void) {
             }
         }
     printf("mmq q8_0/q4_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
+    /* Q4_K: random 256-value blocks (every nibble, 6-bit scale and min pattern), each level bit for
+     * bit against the ref, and the ref against float64 on the dequantized row */
+    {
+        const int64_t kins[] = {256, 512, 2048}, OUT = 45;
+        double worst = 0;
+        for (size_t ii = 0; ii < 3; ii++) {
+            const int64_t in = kins[ii];
+            const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
+            for (size_t i = 0; i < rb * (size_t)OUT; i++) {
+                g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+                wq[i] = (uint8_t)(g_s >> 56);
+            }
+            for (int64_t o = 0; o < OUT; o++)
+                for (int64_t b = 0; b < in / 256; b++)
+                    for (int f = 0; f < 2; f++) { /* d, dmin; row 3 denormal */
+                        uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.001f));
+                        memcpy(wq + (size_t)o * rb + (size_t)b * 144 + 2 * f, &h, 2);
+                    }
+            moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb};
+            static float row[2048];
+            for (size_t q = 0; q < 5; q++) {
+                const int T = Ts[q];
+                fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
+                for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
+                moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+                for (int64_t o = 0; o < OUT; o++) {
+                    moe_dtype_dequant_row(MOE_DTYPE_Q4_K, wq + (size_t)o * rb, row, in);
+                    for (int tt = 0; tt < T; tt++) {
+                        double e = 0, sc = 0;
+                        for (int64_t i = 0; i < in; i++) {
+                            const moe_q8a *b = r + tt * (in / 32) + i / 32;
+                            const double v = (double)row[i] * (double)b->d * b->q[i % 32];
+                            e += v;
+                            sc += fabs(v);
+                        }
+                        if (sc > 0) worst = fmax(worst, fabs(e - y0[tt * OUT + o]) / sc);
+                    }
+                }
+                for (int l = top; l >= 1; l--) {
+                    if (!use_level(l)) continue;
+                    memset(y1, 0, sizeof y1);
+                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 0, OUT);
+                    CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "mmq q4_k in=%lld T=%d: level %d differs from ref",
+                          (long long)in, T, l);
+                    memset(y1, 0, sizeof y1);
+                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 3, 40);
+                    int ok = 1;
+                    for (int tt = 0; tt < T; tt++)
+                        for (int o = 0; o < OUT; o++) ok &= (o >= 3 && o < 40) ? y1[tt * OUT + o] == y0[tt * OUT + o] : y1[tt * OUT + o] == 0;
+                    CHECK(ok, "mmq q4_k rows 3..40 level %d", l);
+                }
+                moe_kern_set_level(top);
+            }
+        }
+        printf("mmq q4_k: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
+               top, worst);
+        CHECK(worst < 1e-5, "mmq q4_k ref vs float64: %.3e", worst);
+    }
     /* matmul with W8A8: threads do not change results, and it equals quant_act + mmq_rows */
     moe_pool *pool = moe_pool_init(3);
     const int64_t IN = 256, OUT = 100, T = 7;

@@ -374,6 +374,77 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
 }
 
+/* Q4_K (kern.h, moe_kern_q4k_dot_ref): one row at a time, up to 8 tokens per pass. Per 256-value
+ * block: the 8 sub-blocks' 4-bit values unpacked once (ymm of 32 u8), then per token 8 integer
+ * dots (vpdpbusd, or vpmaddubsw + vpmaddwd on AVX2: u4·s8 pairs fit int16), reduced to one
+ * lane per sub-block, and the ref's two fmas per sub-block on 8 lanes at once. */
+#define Q4K_TOK 8
+#define Q4K_BODY(DOT)                                                                                                  \
+    const int64_t nb = w->in / 32, nsb = nb / 8;                                                                       \
+    const __m256i lo4 = _mm256_set1_epi8(0x0F), vidx = _mm256_setr_epi32(0, 10, 20, 30, 40, 50, 60, 70);            \
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));                                     \
+    for (int64_t o = o0; o < o1; o++) {                                                                                \
+        const uint8_t *row = w->data + (size_t)o * w->row_bytes;                                                       \
+        for (int64_t t0 = 0; t0 < T; t0 += Q4K_TOK) {                                                                  \
+            const int nt = T - t0 < Q4K_TOK ? (int)(T - t0) : Q4K_TOK;                                                 \
+            __m256 acc[Q4K_TOK];                                                                                       \
+            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) acc[k] = _mm256_setzero_ps();                   \
+            for (int64_t sb = 0; sb < nsb; sb++) {                                                                     \
+                const uint8_t *blk = row + (size_t)sb * 144, *sc = blk + 4;                                            \
+                uint16_t hd, hm;                                                                                       \
+                memcpy(&hd, blk, 2);                                                                                   \
+                memcpy(&hm, blk + 2, 2);                                                                               \
+                uint32_t w0, w1, w2; /* §9.6 on 4 bytes at a time, in registers (no store-to-load stall) */          \
+                memcpy(&w0, sc, 4);                                                                                    \
+                memcpy(&w1, sc + 4, 4);                                                                                \
+                memcpy(&w2, sc + 8, 4);                                                                                \
+                const __m128i sc8 = _mm_setr_epi32((int)(w0 & 0x3f3f3f3fu),                                            \
+                                                   (int)((w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u)), 0, 0);       \
+                const __m128i m8 = _mm_setr_epi32((int)(w1 & 0x3f3f3f3fu),                                             \
+                                                  (int)(((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u)), 0, 0); \
+                const __m256 d1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))); \
+                const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)));  \
+                __m256i nib[8];                                                                                        \
+                for (int g = 0; g < 4; g++) {                                                                          \
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * g));                        \
+                    nib[2 * g] = _mm256_and_si256(q, lo4);                                                             \
+                    nib[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo4);                                   \
+                }                                                                                                      \
+                _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                            \
+                    if (k >= nt) break;                                                                                \
+                    const moe_q8a *a = xq + (t0 + k) * nb + sb * 8;                                                    \
+                    __m256i p[8];                                                                                      \
+                    for (int j = 0; j < 8; j++) p[j] = DOT(nib[j], _mm256_loadu_si256((const __m256i *)a[j].q));       \
+                    const __m256i idot = reduce8(p);                                                                   \
+                    const __m256 dx = _mm256_i32gather_ps(&a[0].d, vidx, 4);                                           \
+                    const __m256 sx = _mm256_cvtepi32_ps(_mm256_i32gather_epi32(&a[0].s, vidx, 4));                   \
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_mul_ps(d1, dx), acc[k]);               \
+                    acc[k] = _mm256_fmadd_ps(sx, _mm256_xor_ps(_mm256_mul_ps(m1, dx), sign), acc[k]);                \
+                }                                                                                                      \
+            }                                                                                                          \
+            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                                \
+                if (k >= nt) break;                                                                                    \
+                const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[k]), _mm256_extractf128_ps(acc[k], 1));         \
+                const __m128 h = _mm_add_ps(v, _mm_movehl_ps(v, v)); /* (a0+a4)+(a2+a6), (a1+a5)+(a3+a7) */           \
+                y[(t0 + k) * ldy + o] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));                         \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+
+#define DOT_VNNI(w8, x8) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w8, x8)
+#define DOT_AVX2(w8, x8) _mm256_madd_epi16(_mm256_maddubs_epi16(w8, x8), _mm256_set1_epi16(1))
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
+q4k_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q4K_BODY(DOT_VNNI)
+}
+__attribute__((target("avx2,fma,f16c"))) static void q4k_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T,
+                                                             float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q4K_BODY(DOT_AVX2)
+}
+#undef DOT_VNNI
+#undef DOT_AVX2
+#undef Q4K_BODY
+
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
  * running integer sum starts at −128·Σx (the w + 128 bias). NT ≤ 16 tokens share each weight
@@ -571,6 +642,20 @@ void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
 }
 
 void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    if (w->type == MOE_DTYPE_Q4_K) {
+#ifdef MOE_X86
+        if (moe_kern_level() == 2) {
+            q4k_vnni(w, xq, T, y, ldy, o0, o1);
+            return;
+        }
+        if (moe_kern_level() == 1) {
+            q4k_avx2(w, xq, T, y, ldy, o0, o1);
+            return;
+        }
+#endif
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
     if (w->type == MOE_KTYPE_Q8_0_R16) { /* repacked only where VNNI runs; other levels read it through the ref */
 #ifdef MOE_X86
         if (moe_kern_level() == 2) {

@@ -119,7 +119,32 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 }
 
 int moe_kern_mmq_supported(int type) {
-    return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_KTYPE_Q8_0_R16;
+    return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_KTYPE_Q8_0_R16 || type == MOE_DTYPE_Q4_K;
+}
+
+/* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
+ * min m, spec gguf.md §9.6-9.7) against activation block 8·sb + j:
+ *   acc[j] = fmaf(idot, (d·sc)·dx, acc[j]); acc[j] = fmaf(Σq, −((dmin·m)·dx), acc[j])
+ * one running sum per sub-block position j, then ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
+float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
+    float acc[8] = {0};
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = row + (size_t)sb * 144, *sc = blk + 4;
+        const float d = f16(blk), dmin = f16(blk + 2);
+        for (int j = 0; j < 8; j++) {
+            const int scj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+            const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+            const uint8_t *q = blk + 16 + 32 * (j / 2);
+            const int sh = 4 * (j & 1);
+            const moe_q8a *x = a + sb * 8 + j;
+            int32_t idot = 0;
+            for (int l = 0; l < 32; l++) idot += ((q[l] >> sh) & 15) * x->q[l];
+            const float d1 = d * (float)scj, m1 = dmin * (float)mj;
+            acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
+            acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
+        }
+    }
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
 /* ---- the R16 layout (kern.h) ---- */
@@ -178,6 +203,12 @@ void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
 void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
                            int64_t o1) {
     const int64_t nb = w->in / 32;
+    if (w->type == MOE_DTYPE_Q4_K) {
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t t = 0; t < T; t++)
+                y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
+        return;
+    }
     const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : 34;
     const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
     uint8_t blk[34];
