@@ -120,7 +120,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * for the original row. */
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst);
 
-/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, R16, Q4_K). */
+/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, R16, Q4_K). */
 int moe_kern_mmq_supported(int type);
 /* Q4_K: one row (nsb 256-value blocks) against its activation blocks, the order every form
  * follows (kern_ref.c): per sub-block position an integer dot of the 4-bit values, then

@@ -75,12 +75,12 @@ static void test_w8a8(void) {
     CHECK(same, "quant_act: SIMD differs from ref");
     printf("quant_act: all levels bit-identical to ref (random, denormal, huge, zero blocks, ties)\n");
     /* integer products: every level vs ref bit for bit, and vs float64 */
-    int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0};
+    int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q5_0};
     int64_t ins[] = {32, 96, 1056, 2048}; /* 1056: 33 blocks, a partial chunk of the GEMM form */
     int Ts[] = {1, 2, 3, 5, 9}; /* 1-2: the 16-row decode form, 3+: the transposed GEMM form */
     static uint8_t wq[45 * 2176];
     static float y0[9 * 45], y1[9 * 45];
-    for (size_t k = 0; k < 2; k++)
+    for (size_t k = 0; k < 3; k++)
         for (size_t ii = 0; ii < 4; ii++) {
             int t = types[k];
             int64_t in = ins[ii], OUT = 45;
@@ -93,7 +93,7 @@ static void test_w8a8(void) {
             for (int64_t o = 0; o < OUT; o++)
                 for (int64_t b = 0; b < in / 32; b++) {
                     uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.01f)); /* row 3: denormal f16 scales */
-                    memcpy(wq + (size_t)o * rb + (size_t)b * (t == MOE_DTYPE_Q8_0 ? 34 : 18), &h, 2);
+                    memcpy(wq + (size_t)o * rb + (size_t)b * moe_dtype_row_bytes(t, 32), &h, 2);
                 }
             if (t == MOE_DTYPE_Q8_0)
                 for (int64_t b = 0; b < in / 32; b++) memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
@@ -129,7 +129,7 @@ static void test_w8a8(void) {
                 moe_kern_set_level(top);
             }
         }
-    printf("mmq q8_0/q4_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
+    printf("mmq q8_0/q4_0/q5_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
     /* Q4_K: random 256-value blocks (every nibble, 6-bit scale and min pattern), each level bit for
      * bit against the ref, and the ref against float64 on the dequantized row */
     {

@@ -91,11 +91,30 @@ __attribute__((target("avx2"))) static inline __m256i q4_unpack(const uint8_t *q
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
 }
 
+/* Unpack a Q5_0 block (d, qh[4], qs[16]) to 32 u8 values 0..31 in element order: the nibbles as
+ * Q4_0, plus 16 where bit j of qh is set (element j) */
+__attribute__((target("avx2"))) static inline __m256i q5_unpack(const uint8_t *blk) {
+    uint32_t h;
+    memcpy(&h, blk + 2, 4);
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                                         3, 3, 3, 3);
+    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), sel);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bits), bits);
+    return _mm256_or_si256(q4_unpack(blk + 6), _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+}
+
+/* the unsigned values of a Q4_0 (0..15) or Q5_0 (0..31) block */
+__attribute__((target("avx2"))) static inline __m256i q45_unpack(int q5, const uint8_t *blk) {
+    return q5 ? q5_unpack(blk) : q4_unpack(blk + 2);
+}
+
 __attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y,
                                                              int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
     const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const size_t bb = q8 ? 34 : 18;
+    const int q5 = w->type == MOE_DTYPE_Q5_0;
+    const size_t bb = q8 ? 34 : q5 ? 22 : 18;
     const __m256i ones = _mm256_set1_epi16(1);
     int64_t o = o0;
     for (; o + 8 <= o1; o += 8) {
@@ -110,7 +129,7 @@ __attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w
                 const __m256 dw = scales8(r, off);
                 __m256i wq[8];
                 for (int i = 0; i < 8; i++)
-                    wq[i] = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
+                    wq[i] = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q45_unpack(q5, r[i] + off);
 #pragma GCC unroll 4
                 for (int k = 0; k < TT; k++) {
                     if (k >= nt) break;
@@ -123,7 +142,7 @@ __attribute__((target("avx2,fma,f16c"))) static void mmq_avx2(const moe_wview *w
                         p[i] = _mm256_madd_epi16(m16, ones);
                     }
                     __m256i s = reduce8(p);
-                    if (!q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * a->s));
+                    if (!q8) s = _mm256_sub_epi32(s, _mm256_set1_epi32((q5 ? 16 : 8) * a->s));
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(a->d)), acc[k]);
                 }
             }
@@ -168,8 +187,9 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) st
 mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
     const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const size_t bb = q8 ? 34 : 18, rb = w->row_bytes, step = 16 * bb;
-    const int32_t bias = q8 ? 128 : 8;
+    const int q5 = w->type == MOE_DTYPE_Q5_0;
+    const size_t bb = q8 ? 34 : q5 ? 22 : 18, rb = w->row_bytes, step = 16 * bb;
+    const int32_t bias = q8 ? 128 : q5 ? 16 : 8;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
     int64_t o = o0;
@@ -188,8 +208,8 @@ mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t l
                 ld16(r[11] + off), ld16(r[12] + off), ld16(r[13] + off), ld16(r[14] + off), ld16(r[15] + off)));
             __m512i wq[8];
             for (int i = 0; i < 8; i++) {
-                __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
-                __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q4_unpack(r[i + 8] + off + 2);
+                __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q45_unpack(q5, r[i] + off);
+                __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q45_unpack(q5, r[i + 8] + off);
                 wq[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                 if (q8) wq[i] = _mm512_xor_si512(wq[i], flip);
             }
@@ -232,8 +252,9 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) st
 mmq_vnni_gemm16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
     const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const size_t bb = q8 ? 34 : 18;
-    const int32_t bias = q8 ? 128 : 8;
+    const int q5 = w->type == MOE_DTYPE_Q5_0;
+    const size_t bb = q8 ? 34 : q5 ? 22 : 18;
+    const int32_t bias = q8 ? 128 : q5 ? 16 : 8;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i ilo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), ihi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
     __m512i colbuf[GK * 8];
@@ -253,8 +274,8 @@ mmq_vnni_gemm16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int6
                     ld16(r[15] + off)));
                 __m512i in[8];
                 for (int i = 0; i < 8; i++) {
-                    __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q4_unpack(r[i] + off + 2);
-                    __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q4_unpack(r[i + 8] + off + 2);
+                    __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q45_unpack(q5, r[i] + off);
+                    __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q45_unpack(q5, r[i + 8] + off);
                     in[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                     if (q8) in[i] = _mm512_xor_si512(in[i], flip);
                 }
@@ -315,8 +336,9 @@ __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) st
 mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
     const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const size_t bb = q8 ? 34 : 18;
-    const int32_t bias = q8 ? 128 : 8;
+    const int q5 = w->type == MOE_DTYPE_Q5_0;
+    const size_t bb = q8 ? 34 : q5 ? 22 : 18;
+    const int32_t bias = q8 ? 128 : q5 ? 16 : 8;
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     int64_t o = o0;
     o += T <= 2 ? mmq_vnni16(w, xq, T, y, ldy, o0, o1) : mmq_vnni_gemm16(w, xq, T, y, ldy, o0, o1);
@@ -335,7 +357,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                 for (int i = 0; i < 8; i++) {
                     _mm_prefetch((const char *)r[i] + off + 512, _MM_HINT_T0);
                     wq[i] = q8 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(r[i] + off + 2)), flip)
-                               : q4_unpack(r[i] + off + 2);
+                               : q45_unpack(q5, r[i] + off);
                 }
                 if (nt >= 3) {
                     __m256i col[8];
@@ -678,7 +700,7 @@ void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *
     }
 #endif
 #if defined(__aarch64__)
-    if (moe_kern_level() == 3) {
+    if (moe_kern_level() == 3 && w->type != MOE_DTYPE_Q5_0) { /* Q8_0 and Q4_0 */
         mmq_neon(w, xq, T, y, ldy, o0, o1);
         return;
     }

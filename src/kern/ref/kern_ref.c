@@ -109,6 +109,16 @@ static int32_t idot_q8_0(const uint8_t *wb, const moe_q8a *a) {
     return s;
 }
 
+static int32_t idot_q5_0(const uint8_t *wb, const moe_q8a *a) {
+    const uint32_t h = (uint32_t)wb[2] | (uint32_t)wb[3] << 8 | (uint32_t)wb[4] << 16 | (uint32_t)wb[5] << 24;
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) {
+        s += ((int)((wb[6 + j] & 0x0F) | ((h >> j) & 1) << 4) - 16) * a->q[j];
+        s += ((int)((wb[6 + j] >> 4) | ((h >> (j + 16)) & 1) << 4) - 16) * a->q[j + 16];
+    }
+    return s;
+}
+
 static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
     int32_t s = 0;
     for (int j = 0; j < 16; j++) {
@@ -119,7 +129,8 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 }
 
 int moe_kern_mmq_supported(int type) {
-    return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_KTYPE_Q8_0_R16 || type == MOE_DTYPE_Q4_K;
+    return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
+           type == MOE_DTYPE_Q4_K;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -209,7 +220,7 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                 y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
-    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : 34;
+    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : w->type == MOE_DTYPE_Q5_0 ? 22 : 34;
     const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
     uint8_t blk[34];
     for (int64_t o = o0; o < o1; o++) {
@@ -223,7 +234,9 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                     r16_block(w, o, b, blk);
                     wb = blk;
                 }
-                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b) : idot_q8_0(wb, a + b);
+                int32_t d = w->type == MOE_DTYPE_Q4_0   ? idot_q4_0(wb, a + b)
+                            : w->type == MOE_DTYPE_Q5_0 ? idot_q5_0(wb, a + b)
+                                                        : idot_q8_0(wb, a + b);
                 acc = fmaf((float)d, f16(wb) * a[b].d, acc);
             }
             y[t * ldy + o] = acc;
