@@ -32,6 +32,29 @@ static double ref_dot_q(const moe_wview *w, int64_t o, const moe_q8a *a) {
     return e;
 }
 
+/* moe_kern_mmq_rows at every level from the top down to lmin against the ref's y0 (T × out, ldy = out),
+ * bit for bit: all rows, then rows [o0, o1) only, the others left untouched (y1: scratch). */
+static void check_mmq_levels(const moe_wview *w, const moe_q8a *r, int T, const float *y0, float *y1, int64_t o0,
+                             int64_t o1, int lmin, const char *what) {
+    const int top = moe_kern_level();
+    const int64_t out = w->out;
+    for (int l = top; l >= lmin; l--) {
+        if (!use_level(l)) continue;
+        memset(y1, 0, sizeof(float) * (size_t)T * (size_t)out);
+        moe_kern_mmq_rows(w, r, T, y1, out, 0, out);
+        CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * (size_t)out) == 0, "%s in=%lld T=%d: level %d differs from the ref",
+              what, (long long)w->in, T, l);
+        memset(y1, 0, sizeof(float) * (size_t)T * (size_t)out);
+        moe_kern_mmq_rows(w, r, T, y1, out, o0, o1);
+        int ok = 1;
+        for (int tt = 0; tt < T; tt++)
+            for (int64_t o = 0; o < out; o++) /* bits, so inf/NaN compare too */
+                ok &= (o >= o0 && o < o1) ? !memcmp(&y1[tt * out + o], &y0[tt * out + o], 4) : y1[tt * out + o] == 0;
+        CHECK(ok, "%s in=%lld T=%d level %d: rows %lld..%lld", what, (long long)w->in, T, l, (long long)o0, (long long)o1);
+    }
+    moe_kern_set_level(top);
+}
+
 static void fill_x(float *x, int64_t n, int kind) {
     for (int64_t i = 0; i < n; i++) {
         float v = frand();
@@ -112,21 +135,7 @@ static void test_w8a8(void) {
                     }
                 CHECK(md <= 1e-5 * (scale + 1e-30), "mmq %s in=%lld T=%d: ref vs float64 %.3e (scale %.3e)",
                       moe_dtype_name(t), (long long)in, T, md, scale);
-                for (int l = top; l >= 1; l--) {
-                    if (!use_level(l)) continue;
-                    memset(y1, 0, sizeof y1);
-                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 0, OUT);
-                    CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "mmq %s in=%lld T=%d: level %d differs from ref",
-                          moe_dtype_name(t), (long long)in, T, l);
-                    /* a row range not starting at a multiple of 8 */
-                    memset(y1, 0, sizeof y1);
-                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 3, 40);
-                    int ok = 1;
-                    for (int tt = 0; tt < T; tt++)
-                        for (int o = 3; o < 40; o++) ok &= y1[tt * OUT + o] == y0[tt * OUT + o];
-                    CHECK(ok, "mmq %s rows 3..40 level %d", moe_dtype_name(t), l);
-                }
-                moe_kern_set_level(top);
+                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, moe_dtype_name(t)); /* rows from a non-multiple of 8 */
             }
         }
     printf("mmq q8_0/q4_0/q5_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
@@ -168,20 +177,7 @@ static void test_w8a8(void) {
                         if (sc > 0) worst = fmax(worst, fabs(e - y0[tt * OUT + o]) / sc);
                     }
                 }
-                for (int l = top; l >= 1; l--) {
-                    if (!use_level(l)) continue;
-                    memset(y1, 0, sizeof y1);
-                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 0, OUT);
-                    CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "mmq q4_k in=%lld T=%d: level %d differs from ref",
-                          (long long)in, T, l);
-                    memset(y1, 0, sizeof y1);
-                    moe_kern_mmq_rows(&w, r, T, y1, OUT, 3, 40);
-                    int ok = 1;
-                    for (int tt = 0; tt < T; tt++)
-                        for (int o = 0; o < OUT; o++) ok &= (o >= 3 && o < 40) ? y1[tt * OUT + o] == y0[tt * OUT + o] : y1[tt * OUT + o] == 0;
-                    CHECK(ok, "mmq q4_k rows 3..40 level %d", l);
-                }
-                moe_kern_set_level(top);
+                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, "mmq q4_k");
             }
         }
         printf("mmq q4_k: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
@@ -339,20 +335,7 @@ static void test_r16(void) {
             fill_x(x, T * in, (int)(q + ii) % 5);
             for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
             moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-            for (int l = top; l >= 0; l--) {
-                if (!use_level(l)) continue;
-                memset(y1, 0, sizeof y1);
-                moe_kern_mmq_rows(&wr, r, T, y1, OUT, 0, OUT);
-                CHECK(memcmp(y0, y1, sizeof(float) * (size_t)T * OUT) == 0, "r16 in=%lld T=%d level %d: differs from Q8_0 ref",
-                      (long long)in, T, l);
-                memset(y1, 0, sizeof y1);
-                moe_kern_mmq_rows(&wr, r, T, y1, OUT, 7, 41); /* cuts groups at both ends */
-                int ok = 1;
-                for (int tt = 0; tt < T; tt++)
-                    for (int o = 0; o < OUT; o++) ok &= (o >= 7 && o < 41) ? !memcmp(&y1[tt * OUT + o], &y0[tt * OUT + o], 4) : y1[tt * OUT + o] == 0; /* bits: inf/NaN too */
-                CHECK(ok, "r16 in=%lld T=%d level %d: rows 7..41", (long long)in, T, l);
-            }
-            moe_kern_set_level(top);
+            check_mmq_levels(&wr, r, T, y0, y1, 7, 41, 0, "r16"); /* 7..41 cuts groups at both ends */
         }
     }
     /* through moe_kern_matmul on a pool, W8A8 on and off (wq and rp still hold the in = 2048 matrix) */
