@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "core/bits.h"
+#include "core/kscale.h"
 #include "moe/dtype.h"
 #include "moe/status.h"
 
@@ -111,17 +112,6 @@ uint16_t moe_f32_to_bf16(float f) {
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
-static inline void k_scale_min(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    /* spec gguf.md §9.6 */
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
 int moe_dtype_dequant_row(int type, const void *src, float *dst, int64_t n) {
     const uint8_t *s = src;
     switch (type) {
@@ -188,10 +178,10 @@ int moe_dtype_dequant_row(int type, const void *src, float *dst, int64_t n) {
             const uint8_t *sc = s + 4, *qh = s + 16, *qs = five ? s + 48 : s + 16;
             float *y = dst + b * 256;
             for (int g = 0; g < 4; g++) {
-                uint8_t a, m;
-                k_scale_min(2 * g, sc, &a, &m);
+                int a, m;
+                moe_kscale(2 * g, sc, &a, &m);
                 float d1 = d * a, m1 = dmin * m;
-                k_scale_min(2 * g + 1, sc, &a, &m);
+                moe_kscale(2 * g + 1, sc, &a, &m);
                 float d2 = d * a, m2 = dmin * m;
                 uint8_t u1 = (uint8_t)(1u << (2 * g)), u2 = (uint8_t)(2u << (2 * g));
                 for (int l = 0; l < 32; l++) {
@@ -357,8 +347,8 @@ static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) {
     y[2] = (uint8_t)hm;
     y[3] = (uint8_t)(hm >> 8);
     for (int j = 0; j < 8; ++j) {
-        uint8_t sc, m;
-        k_scale_min(j, scl, &sc, &m);
+        int sc, m;
+        moe_kscale(j, scl, &sc, &m);
         const float d = moe_f16_to_f32(hd) * sc;
         if (!d) continue;
         const float dm = moe_f16_to_f32(hm) * m;

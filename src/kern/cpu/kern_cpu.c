@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kscale.h"
 #include "core/vexp.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
@@ -21,6 +22,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define MOE_X86 1
+#include "kern/cpu/unpack_x86.h"
 #endif
 
 typedef float (*dot_fn)(const float *, const float *, int64_t);
@@ -115,11 +117,7 @@ __attribute__((target("avx2,fma,f16c"))) static void dequant_q4_k_avx2(const voi
         float *y = dst + b * 256;
         for (int g = 0; g < 4; g++) {
             int a[2], m[2];
-            for (int h = 0; h < 2; h++) { /* §9.6 */
-                const int j = 2 * g + h;
-                a[h] = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-                m[h] = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-            }
+            for (int h = 0; h < 2; h++) moe_kscale(2 * g + h, sc, &a[h], &m[h]);
             const __m256 d1 = _mm256_set1_ps(d * (float)a[0]), m1 = _mm256_set1_ps(dmin * (float)m[0]);
             const __m256 d2 = _mm256_set1_ps(d * (float)a[1]), m2 = _mm256_set1_ps(dmin * (float)m[1]);
             for (int k = 0; k < 4; k++) { /* bytes 8k..8k+7 of this group's 32 */
@@ -133,27 +131,20 @@ __attribute__((target("avx2,fma,f16c"))) static void dequant_q4_k_avx2(const voi
     }
 }
 
-/* Q5_0: (q − 16)·d with the 5th bits of qh (bit j for element j, bit j+16 for element j+16) */
+/* Q5_0: (q − 16)·d, the 5-bit values from q5_unpack as the W8A8 kernels read them */
 __attribute__((target("avx2,fma,f16c"))) static void dequant_q5_0_avx2(const void *src, float *dst, int64_t n) {
     const uint8_t *s = src;
-    const __m128i lo4 = _mm_set1_epi8(0x0F);
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128), sixteen = _mm256_set1_epi32(16);
+    const __m256i sixteen = _mm256_set1_epi32(16);
     for (int64_t b = 0; b < n / 32; b++, s += 22) {
         uint16_t hd;
         memcpy(&hd, s, 2);
-        uint32_t h;
-        memcpy(&h, s + 2, 4);
         const __m256 d = _mm256_set1_ps(_cvtsh_ss(hd));
-        const uint8_t *qs = s + 6;
-        for (int k = 0; k < 2; k++) { /* elements 8k..8k+7 and 16+8k..16+8k+7 */
-            const __m128i q = _mm_loadl_epi64((const __m128i *)(qs + 8 * k));
-            const __m256i hl = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(h >> (8 * k))), bit), bit);
-            const __m256i hh = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(h >> (16 + 8 * k))), bit), bit);
-            const __m256i ql = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(q, lo4)), _mm256_and_si256(hl, sixteen));
-            const __m256i qh = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), lo4)),
-                                                _mm256_and_si256(hh, sixteen));
-            _mm256_storeu_ps(dst + b * 32 + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ql, sixteen)), d));
-            _mm256_storeu_ps(dst + b * 32 + 16 + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(qh, sixteen)), d));
+        const __m256i q = q5_unpack(s);
+        const __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+        for (int k = 0; k < 4; k++) { /* elements 8k..8k+7 */
+            const __m128i q8 = k & 1 ? _mm_srli_si128(half[k / 2], 8) : half[k / 2];
+            const __m256i v = _mm256_cvtepu8_epi32(q8);
+            _mm256_storeu_ps(dst + b * 32 + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, sixteen)), d));
         }
     }
 }

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/kscale.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
 
@@ -28,6 +29,8 @@
 #endif
 
 #ifdef MOE_X86
+#include "kern/cpu/unpack_x86.h"
+
 /* ---- activation quantization ---- */
 __attribute__((target("avx2,fma"))) static void quant_act_avx2(const float *x, moe_q8a *y, int64_t n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -83,26 +86,6 @@ __attribute__((target("avx2,f16c"))) static inline __m256 scales8(const uint8_t 
 }
 
 #define TT 4 /* tokens per pass over an 8-row group (accumulators kept in registers) */
-
-/* Unpack a Q4_0 block's 16 bytes to 32 u8 nibbles in element order. */
-__attribute__((target("avx2"))) static inline __m256i q4_unpack(const uint8_t *qs) {
-    __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
-}
-
-/* Unpack a Q5_0 block (d, qh[4], qs[16]) to 32 u8 values 0..31 in element order: the nibbles as
- * Q4_0, plus 16 where bit j of qh is set (element j) */
-__attribute__((target("avx2"))) static inline __m256i q5_unpack(const uint8_t *blk) {
-    uint32_t h;
-    memcpy(&h, blk + 2, 4);
-    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
-                                         3, 3, 3, 3);
-    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-    const __m256i hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), sel);
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bits), bits);
-    return _mm256_or_si256(q4_unpack(blk + 6), _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-}
 
 /* the unsigned values of a Q4_0 (0..15) or Q5_0 (0..31) block */
 __attribute__((target("avx2"))) static inline __m256i q45_unpack(int q5, const uint8_t *blk) {
@@ -416,14 +399,10 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                 uint16_t hd, hm;                                                                                       \
                 memcpy(&hd, blk, 2);                                                                                   \
                 memcpy(&hm, blk + 2, 2);                                                                               \
-                uint32_t w0, w1, w2; /* §9.6 on 4 bytes at a time, in registers (no store-to-load stall) */          \
-                memcpy(&w0, sc, 4);                                                                                    \
-                memcpy(&w1, sc + 4, 4);                                                                                \
-                memcpy(&w2, sc + 8, 4);                                                                                \
-                const __m128i sc8 = _mm_setr_epi32((int)(w0 & 0x3f3f3f3fu),                                            \
-                                                   (int)((w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u)), 0, 0);       \
-                const __m128i m8 = _mm_setr_epi32((int)(w1 & 0x3f3f3f3fu),                                             \
-                                                  (int)(((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u)), 0, 0); \
+                uint32_t scw[2], mw[2]; /* in registers: no store-to-load stall */                                  \
+                moe_kscale8(sc, scw, mw);                                                                              \
+                const __m128i sc8 = _mm_setr_epi32((int)scw[0], (int)scw[1], 0, 0);                                    \
+                const __m128i m8 = _mm_setr_epi32((int)mw[0], (int)mw[1], 0, 0);                                       \
                 const __m256 d1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))); \
                 const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)));  \
                 __m256i nib[8];                                                                                        \

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/kscale.h"
 #include "core/vexp.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
@@ -143,8 +144,8 @@ float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
         const uint8_t *blk = row + (size_t)sb * 144, *sc = blk + 4;
         const float d = f16(blk), dmin = f16(blk + 2);
         for (int j = 0; j < 8; j++) {
-            const int scj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-            const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+            int scj, mj;
+            moe_kscale(j, sc, &scj, &mj);
             const uint8_t *q = blk + 16 + 32 * (j / 2);
             const int sh = 4 * (j & 1);
             const moe_q8a *x = a + sb * 8 + j;
