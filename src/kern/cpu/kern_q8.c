@@ -707,24 +707,6 @@ static double tnow(void) {
 #define SLICE 0.02 /* seconds per measured slice */
 #ifdef MOE_X86
 
-/* The 12 accumulators are named variables, not an array: GCC kept an array in memory, which
- * turned every instruction into load + op + store and measured the store-forwarding latency
- * (about 0.45 instructions per cycle) instead of the unit's throughput. */
-#define PEAK_BODY(OP)                                                                                                  \
-    do {                                                                                                               \
-        a0 = OP(a0);                                                                                                   \
-        a1 = OP(a1);                                                                                                   \
-        a2 = OP(a2);                                                                                                   \
-        a3 = OP(a3);                                                                                                   \
-        a4 = OP(a4);                                                                                                   \
-        a5 = OP(a5);                                                                                                   \
-        a6 = OP(a6);                                                                                                   \
-        a7 = OP(a7);                                                                                                   \
-        a8 = OP(a8);                                                                                                   \
-        a9 = OP(a9);                                                                                                   \
-        a10 = OP(a10);                                                                                                 \
-        a11 = OP(a11);                                                                                                 \
-    } while (0)
 
 __attribute__((target("avx512f,avx512vnni"))) static double peak_vnni(double seconds) {
     __m512i x = _mm512_set1_epi8(3), w = _mm512_set1_epi8(5);
@@ -768,15 +750,19 @@ __attribute__((target("avx2"))) static double peak_avx2(double seconds) {
     __m256i a0 = _mm256_set1_epi16(0), a1 = _mm256_set1_epi16(1), a2 = _mm256_set1_epi16(2), a3 = _mm256_set1_epi16(3),
             a4 = _mm256_set1_epi16(4), a5 = _mm256_set1_epi16(5), a6 = _mm256_set1_epi16(6), a7 = _mm256_set1_epi16(7),
             a8 = _mm256_set1_epi16(8), a9 = _mm256_set1_epi16(9), a10 = _mm256_set1_epi16(10), a11 = _mm256_set1_epi16(11);
-#define MA(a) _mm256_add_epi16(a, _mm256_maddubs_epi16(a, w)) /* a as an operand: no common subexpression */
     double t0 = tnow(), ts = t0, t, best = 0;
     long n = 0;
     do {
-        for (int r = 0; r < 1000; r++) {
-            PEAK_BODY(MA);
-            __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6), "+x"(a7), "+x"(a8),
-                             "+x"(a9), "+x"(a10), "+x"(a11));
-        }
+        /* in asm for the reason given in peak_vnni; a += maddubs(a, w), 12 independent chains */
+#define MA(k) "vpmaddubsw %[w], %[a" #k "], %%ymm14\n\tvpaddw %%ymm14, %[a" #k "], %[a" #k "]\n\t"
+        __asm__ volatile("mov $1000, %%ecx\n\t"
+                         "1:\n\t" MA(0) MA(1) MA(2) MA(3) MA(4) MA(5) MA(6) MA(7) MA(8) MA(9) MA(10) MA(11)
+                         "dec %%ecx\n\t"
+                         "jnz 1b"
+                         : [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3), [a4] "+x"(a4), [a5] "+x"(a5),
+                           [a6] "+x"(a6), [a7] "+x"(a7), [a8] "+x"(a8), [a9] "+x"(a9), [a10] "+x"(a10), [a11] "+x"(a11)
+                         : [w] "x"(w)
+                         : "ecx", "cc", "xmm14");
 #undef MA
         n += 1000;
         if ((t = tnow()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
