@@ -103,9 +103,9 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
  * 16, and per-head / per-expert slices move by the same strides as in the file. `out` is a
  * multiple of 16. Every product gives the same bits as on the Q8_0 original. */
 #define MOE_KTYPE_Q8_0_R16 0x1008
-/* Byte offsets of block b's weights and scales inside an R16 group of nb blocks. */
-static inline size_t moe_r16_woff(int64_t nb, int64_t b) {
-    (void)nb;
+/* Byte offsets of block b's weights and scales inside an R16 group of nb blocks (only an odd
+ * last block places its scales differently). */
+static inline size_t moe_r16_woff(int64_t b) {
     return (size_t)(b >> 1) * 1088 + (size_t)(b & 1) * 512;
 }
 static inline size_t moe_r16_soff(int64_t nb, int64_t b) {

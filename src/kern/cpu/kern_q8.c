@@ -449,10 +449,10 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_avx2(const moe_wview *w
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
  * running integer sum starts at −128·Σx (the w + 128 bias). NT ≤ 16 tokens share each weight
- * load (16 rather than 8: the weights of a 16-token tile, a batch's head, stream once; +10-20%
- * on compute-bound products in bench_kern);
- * the float accumulators of the NT tokens stay in registers over the whole row (exact ref order).
- * Two integer chains per token (columns 0–3, 4–7) halve the dependent vpdpbusd latency. */
+ * load (the weights of a 16-token tile, a batch's head, stream once), and their float
+ * accumulators stay in registers over the whole row (exact ref order). To hide the vpdpbusd
+ * latency, 4+ tokens run in groups of 4 with one chain each; 1–3 tokens use two chains per
+ * token (columns 0–3, 4–7). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int far) {
     __m512 acc[16];
@@ -472,7 +472,7 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
                 for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T1);
             }
         }
-        const __m512i *wq = (const __m512i *)(const void *)(g + moe_r16_woff(nb, b));
+        const __m512i *wq = (const __m512i *)(const void *)(g + moe_r16_woff(b));
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(g + moe_r16_soff(nb, b))));
         __m512i w[8];
         for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + c);

@@ -175,7 +175,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
             const uint8_t *row = src + (size_t)(16 * g + j) * src_row_bytes;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * 34;
-                uint8_t *wq = gp + moe_r16_woff(nb, b), *sc = gp + moe_r16_soff(nb, b);
+                uint8_t *wq = gp + moe_r16_woff(b), *sc = gp + moe_r16_soff(nb, b);
                 sc[2 * j] = blk[0];
                 sc[2 * j + 1] = blk[1];
                 for (int c = 0; c < 8; c++) { /* 4 bytes of column c, each + 128 */
@@ -194,7 +194,7 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
     const int64_t nb = w->in / 32;
     const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
     const int j = (int)(o % 16);
-    const uint8_t *wq = g + moe_r16_woff(nb, b), *sc = g + moe_r16_soff(nb, b);
+    const uint8_t *wq = g + moe_r16_woff(b), *sc = g + moe_r16_soff(nb, b);
     blk[0] = sc[2 * j];
     blk[1] = sc[2 * j + 1];
     for (int i = 0; i < 32; i++) blk[2 + i] = wq[(i / 4) * 64 + j * 4 + i % 4] ^ 0x80;
