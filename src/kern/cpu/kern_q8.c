@@ -642,49 +642,26 @@ void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
     moe_kern_quant_act_ref(x, y, n);
 }
 
-void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    if (w->type == MOE_DTYPE_Q4_K) {
+typedef void (*mmq_fn)(const moe_wview *, const moe_q8a *, int64_t, float *, int64_t, int64_t, int64_t);
+
+/* The SIMD form for a weight type at a level, or NULL for the ref. R16 exists only where VNNI
+ * runs (other levels read it through the ref); NEON covers Q8_0 and Q4_0. */
+static mmq_fn mmq_form(int type, int level) {
 #ifdef MOE_X86
-        if (moe_kern_level() == 2) {
-            q4k_vnni(w, xq, T, y, ldy, o0, o1);
-            return;
-        }
-        if (moe_kern_level() == 1) {
-            q4k_avx2(w, xq, T, y, ldy, o0, o1);
-            return;
-        }
-#endif
-        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-    if (w->type == MOE_KTYPE_Q8_0_R16) { /* repacked only where VNNI runs; other levels read it through the ref */
-#ifdef MOE_X86
-        if (moe_kern_level() == 2) {
-            mmq_r16_vnni(w, xq, T, y, ldy, o0, o1);
-            return;
-        }
-#endif
-        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-#ifdef MOE_X86
-    int l = moe_kern_level();
-    if (l == 2) {
-        mmq_vnni(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-    if (l == 1) {
-        mmq_avx2(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
+    if (level == 2) return type == MOE_DTYPE_Q4_K ? q4k_vnni : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni : mmq_vnni;
+    if (level == 1) return type == MOE_DTYPE_Q4_K ? q4k_avx2 : type == MOE_KTYPE_Q8_0_R16 ? NULL : mmq_avx2;
 #endif
 #if defined(__aarch64__)
-    if (moe_kern_level() == 3 && w->type != MOE_DTYPE_Q5_0) { /* Q8_0 and Q4_0 */
-        mmq_neon(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
+    if (level == 3 && (type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0)) return mmq_neon;
 #endif
-    moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+    (void)type;
+    (void)level;
+    return NULL;
+}
+
+void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const mmq_fn f = mmq_form(w->type, moe_kern_level());
+    (f ? f : moe_kern_mmq_rows_ref)(w, xq, T, y, ldy, o0, o1);
 }
 
 /* ---- int8 peak probe ----
