@@ -384,6 +384,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
  * dots (vpdpbusd, or vpmaddubsw + vpmaddwd on AVX2: u4·s8 pairs fit int16), reduced to one
  * lane per sub-block, and the ref's two fmas per sub-block on 8 lanes at once. */
 #define Q4K_TOK 8
+_Static_assert(sizeof(moe_q8a) == 40, "the Q4_K kernel gathers d and s of 8 activation blocks 10 floats apart");
 #define Q4K_BODY(DOT)                                                                                                  \
     const int64_t nb = w->in / 32, nsb = nb / 8;                                                                       \
     const __m256i lo4 = _mm256_set1_epi8(0x0F), vidx = _mm256_setr_epi32(0, 10, 20, 30, 40, 50, 60, 70);            \
