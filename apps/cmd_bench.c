@@ -33,7 +33,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: moe bench -m MODEL [-p 512] [-n 128] [-d 0] [-t N] [-r 3] [--batch 1,4,16] [--json]\n\n"
+            "usage: moe bench -m MODEL [-p 512] [-n 128] [-d 0] [-t N] [-r 3] [--batch 1,4,16] [--profile] [--json]\n\n"
             "  -p N    prompt tokens for the prefill test (pp)     -n N   tokens decoded (tg)\n"
             "  -d N    decode after N tokens of context (tg at depth N; the context is prefilled untimed)\n"
             "  -t N    threads (default: all cores)                -r N   repetitions; medians are reported\n"
@@ -41,7 +41,10 @@ static void usage(FILE *f) {
             "          total tokens/s and %% of that batch's own roofline (distinct experts per step)\n"
             "  --json  one JSON object: pp, tg, bandwidth_gbs, active_bytes_per_token, roofline_pct,\n"
             "          int8_peak_gops, pp_int8_peak_pct, clock_ghz, int8_ops_per_cycle_core, pp_int8_128_pct,\n"
-            "          batch: [{n, tg, roofline_pct, bandwidth_gbs}, ...]\n\n"
+            "          batch: [{n, tg, roofline_pct, bandwidth_gbs}, ...]\n"
+            "  --profile  also time every phase of the decode steps (attention in/core/out, experts, head,\n"
+            "          ...): ms per step, share of the step, GB/s of weights read and %% of the probed\n"
+            "          bandwidth; with --json as \"profile\" (and per batch) lists\n\n"
             "The bandwidth probe runs next to every timed decode run; roofline_pct is the median of each\n"
             "run's tokens/s against its own bandwidth.\n");
 }
@@ -58,14 +61,62 @@ static double median(double *v, int n) {
 
 #define MAX_BATCHES 16
 
+/* a step profile summed over runs (moe_engine_profile) */
+typedef struct {
+    moe_phase_stat ph[MOE_PHASE_COUNT];
+    double total, steps;
+} prof_sum;
+
+static void prof_take(prof_sum *ps, moe_engine *e, double steps) {
+    moe_phase_stat st[MOE_PHASE_COUNT];
+    ps->total += moe_engine_profile_read(e, st);
+    ps->steps += steps;
+    for (int i = 0; i < MOE_PHASE_COUNT; i++) {
+        ps->ph[i].name = st[i].name;
+        ps->ph[i].seconds += st[i].seconds;
+        ps->ph[i].bytes += st[i].bytes;
+        ps->ph[i].calls += st[i].calls;
+    }
+    moe_engine_profile(e, 0);
+}
+
+/* per phase: ms per step, share of the step, GB/s read and % of the probe (bw, bytes/s) */
+static void prof_print(const prof_sum *ps, const char *title, double bw, int json) {
+    if (ps->steps <= 0 || ps->total <= 0) {
+        if (json) printf("[]");
+        return;
+    }
+    if (json) printf("[");
+    else
+        fprintf(stderr, "profile of %s: %.3f ms per step\n  %-13s %9s %7s %9s %8s %8s\n", title, 1e3 * ps->total / ps->steps,
+                "phase", "ms/step", "share", "MB/step", "GB/s", "% probe");
+    for (int i = 0, k = 0; i < MOE_PHASE_COUNT; i++) {
+        const moe_phase_stat *p = &ps->ph[i];
+        if (!p->calls && i != MOE_PHASE_OTHER) continue;
+        double gbs = p->seconds > 0 ? p->bytes / p->seconds / 1e9 : 0, pct = bw > 0 && p->seconds > 0 ? 100.0 * p->bytes / p->seconds / bw : 0;
+        if (json)
+            printf("%s{\"phase\": \"%s\", \"ms_per_step\": %.4f, \"share\": %.4f, \"mb_per_step\": %.3f, \"gbs\": %.3f, "
+                   "\"bw_pct\": %.2f}",
+                   k++ ? ", " : "", p->name, 1e3 * p->seconds / ps->steps, p->seconds / ps->total, p->bytes / ps->steps / 1e6,
+                   gbs, pct);
+        else if (p->bytes > 0)
+            fprintf(stderr, "  %-13s %9.3f %6.1f%% %9.2f %8.2f %7.1f%%\n", p->name, 1e3 * p->seconds / ps->steps,
+                    100.0 * p->seconds / ps->total, p->bytes / ps->steps / 1e6, gbs, pct);
+        else
+            fprintf(stderr, "  %-13s %9.3f %6.1f%%\n", p->name, 1e3 * p->seconds / ps->steps, 100.0 * p->seconds / ps->total);
+    }
+    if (json) printf("]");
+}
+
 typedef struct {
     int n;
     double tg, roof_pct, bytes_step, limit, bw;
+    prof_sum prof;
 } batch_res;
 
 /* n sequences decode n_g steps together; returns MOE_OK and fills r */
 static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t *toks, int n_toks, batch_res *r,
-                            moe_membw *probe, moe_pool *pool, char *err, size_t errlen) {
+                            moe_membw *probe, moe_pool *pool, int profile, char *err, size_t errlen) {
     const moe_hparams *hp = moe_model_hparams(m);
     moe_engine_params ep = moe_engine_default_params();
     ep.n_batch = n;
@@ -93,6 +144,7 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
                         (double)moe_model_n_moe_layers(m) * hp->n_expert_used * eb;
     const double kv_row = (double)(hp->kv_lora_rank + hp->n_rot) * 4.0 * hp->n_layer;
     double bw = probe ? moe_membw_run(probe, pool, 3) : 0.0; /* bandwidth next to the timed steps */
+    if (profile) moe_engine_profile(e, 1);
     double bytes = 0, t0 = cli_now();
     for (int k = 0; k < n_g; k++) {
         for (int il = 0; il < hp->n_layer; il++) {
@@ -111,6 +163,8 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
         bytes += base + distinct * eb + kv_row * (double)n * (double)(k + 2);
     }
     double dt = cli_now() - t0;
+    memset(&r->prof, 0, sizeof r->prof);
+    if (profile) prof_take(&r->prof, e, n_g);
     if (probe) {
         double after = moe_membw_run(probe, pool, 3);
         bw = after > bw ? after : bw;
@@ -139,7 +193,9 @@ int moe_cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     int batches[MAX_BATCHES], n_batches = 0;
     long long n_p = 512, n_g = 128, threads = 0, reps = 3, depth = 0;
-    int json = 0;
+    int json = 0, profile = 0;
+    prof_sum tgp;
+    memset(&tgp, 0, sizeof tgp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -148,6 +204,10 @@ int moe_cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(a, "--json")) {
             json = 1;
+            continue;
+        }
+        if (!strcmp(a, "--profile")) {
+            profile = 1;
             continue;
         }
         if (!(v = cli_val("bench", argc, argv, &i))) return 1;
@@ -236,10 +296,12 @@ int moe_cmd_bench(int argc, char **argv) {
             moe_ctx_truncate(c, 0);
             if (moe_ctx_eval(c, toks, (int32_t)(depth > 0 ? depth : 1), NULL)) goto eval_fail; /* context, untimed */
             double before = moe_membw_run(probe, pool, 3);
+            if (profile) moe_engine_profile(moe_ctx_engine(c), 1);
             double t0 = cli_now();
             for (long long i = 0; i < n_g; i++)
                 if (moe_ctx_eval(c, &toks[(depth > 0 ? depth : 1) + i], 1, NULL)) goto eval_fail;
             tg[r] = (double)n_g / (cli_now() - t0);
+            if (profile) prof_take(&tgp, moe_ctx_engine(c), (double)n_g);
             double after = moe_membw_run(probe, pool, 3);
             bws[r] = after > before ? after : before; /* the better of the probes just before and after */
             ratio[r] = 100.0 * tg[r] * active / bws[r];
@@ -257,7 +319,7 @@ int moe_cmd_bench(int argc, char **argv) {
     double peak128 = 128.0 * hz * nth, pp_peak128 = peak128 > 0 ? 100.0 * pp_med * pp_ops / peak128 : 0;
     batch_res br[MAX_BATCHES];
     for (int b = 0; b < n_batches; b++) {
-        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, err, sizeof err)) {
+        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, profile, err, sizeof err)) {
             cli_fail("bench", "batch %d: %s", batches[b], err);
             goto out;
         }
@@ -273,11 +335,22 @@ int moe_cmd_bench(int argc, char **argv) {
                "\"batch\": [",
                model, nth, moe_kern_simd_name(), w8a8 ? "true" : "false", n_p, n_g, reps, depth, pp_med, tg_med, bw / 1e9, active,
                limit, roof, peak / 1e9, pp_ops, pp_peak, hz / 1e9, hz > 0 ? peak / hz / nth : 0.0, pp_peak128);
-        for (int b = 0; b < n_batches; b++)
+        for (int b = 0; b < n_batches; b++) {
             printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f, "
-                   "\"bandwidth_gbs\": %.3f}",
+                   "\"bandwidth_gbs\": %.3f",
                    b ? ", " : "", br[b].n, br[b].tg, br[b].limit, br[b].roof_pct, br[b].bytes_step, br[b].bw / 1e9);
-        printf("]}\n");
+            if (profile) {
+                printf(", \"profile\": ");
+                prof_print(&br[b].prof, NULL, br[b].bw, 1);
+            }
+            printf("}");
+        }
+        printf("]");
+        if (profile && n_g > 0) {
+            printf(", \"profile\": ");
+            prof_print(&tgp, NULL, bw, 1);
+        }
+        printf("}\n");
     } else {
         printf("memory read bandwidth   %8.2f GB/s (probe, %d threads; median of the probes next to each decode run)\n",
                bw / 1e9, nth);
@@ -296,6 +369,14 @@ int moe_cmd_bench(int argc, char **argv) {
         for (int b = 0; b < n_batches; b++)
             printf("batch %-3d %10.2f tokens/s total  roofline %.2f tokens/s (%s per step)  -> %.1f%% of roofline\n",
                    br[b].n, br[b].tg, br[b].limit, cli_bytes(br[b].bytes_step, b1, sizeof b1), br[b].roof_pct);
+    }
+    if (profile && !json) {
+        if (n_g > 0) prof_print(&tgp, "decode (tg)", bw, 0);
+        for (int b = 0; b < n_batches; b++) {
+            char title[64];
+            snprintf(title, sizeof title, "batch %d", br[b].n);
+            prof_print(&br[b].prof, title, br[b].bw, 0);
+        }
     }
     rc = 0;
     goto out;

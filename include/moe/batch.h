@@ -76,6 +76,36 @@ void moe_engine_reset_expert_counts(moe_engine *e);
 /* The routing observer of model.h on an engine: tokens in the order of the step's items. */
 void moe_engine_set_route_observer(moe_engine *e, moe_route_observer_fn fn, void *ud);
 
+/* Step profile: wall time, weight bytes read and calls per phase of the forward pass, summed
+ * over the steps since moe_engine_profile(e, 1) (which clears it). Off by default; off, it
+ * costs one branch per phase. Phase bytes count each weight matrix once per call (attention:
+ * the latent cache rows attended to, once); MOE_PHASE_OTHER is the step's time outside every
+ * named phase (norms, RoPE, SwiGLU, routing, the experts' weighted sums, embedding). */
+typedef enum moe_phase {
+    MOE_PHASE_ATTN_IN,   /* q (or q_a) and kv_a, one job */
+    MOE_PHASE_ATTN_QB,   /* q_b (models with a query LoRA) */
+    MOE_PHASE_ATTN_KB,   /* queries into the latent space, all heads */
+    MOE_PHASE_ATTN_CORE, /* scores, softmax and latent values over the cache */
+    MOE_PHASE_ATTN_VB,   /* values out of the latent, all heads */
+    MOE_PHASE_ATTN_OUT,  /* attn_output */
+    MOE_PHASE_DENSE_UP,  /* dense FFN gate+up */
+    MOE_PHASE_DENSE_DOWN,
+    MOE_PHASE_SHARED_UP, /* shared experts' gate+up and the router, one job */
+    MOE_PHASE_EXPERTS_UP,   /* gate+up of every selected expert, one job */
+    MOE_PHASE_EXPERTS_DOWN, /* shared and selected experts' down, one job */
+    MOE_PHASE_HEAD,
+    MOE_PHASE_OTHER,
+    MOE_PHASE_COUNT
+} moe_phase;
+typedef struct moe_phase_stat {
+    const char *name; /* "attn.in", ..., "other" */
+    double seconds, bytes;
+    uint64_t calls;
+} moe_phase_stat;
+void moe_engine_profile(moe_engine *e, int on);
+/* Fills out[MOE_PHASE_COUNT]; returns the summed wall time of the profiled steps. */
+double moe_engine_profile_read(const moe_engine *e, moe_phase_stat *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -126,6 +126,8 @@ typedef void (*moe_route_observer_fn)(void *ud, int32_t layer, int32_t n_tokens,
                                       const int32_t *experts, const float *weights);
 /* Set (or with fn = NULL remove) the observer of a context. */
 void moe_ctx_set_route_observer(moe_ctx *c, moe_route_observer_fn fn, void *ud);
+/* The engine under a context (batch.h), for its step profile; owned by the context. */
+struct moe_engine *moe_ctx_engine(moe_ctx *c);
 
 #ifdef __cplusplus
 }

@@ -251,6 +251,28 @@ moe_status moe_engine_step(moe_engine *e, moe_batch_item *items, int32_t n_items
     return MOE_OK;
 }
 
+void moe_engine_profile(moe_engine *e, int on) {
+    memset(e->prof_s, 0, sizeof e->prof_s);
+    memset(e->prof_b, 0, sizeof e->prof_b);
+    memset(e->prof_n, 0, sizeof e->prof_n);
+    e->prof_total = 0;
+    e->prof = on != 0;
+}
+
+double moe_engine_profile_read(const moe_engine *e, moe_phase_stat *out) {
+    static const char *const names[MOE_PHASE_COUNT] = {"attn.in",      "attn.q_b",  "attn.k_b",    "attn.core",
+                                                       "attn.v_b",     "attn.out",  "dense.up",    "dense.down",
+                                                       "shared.up",    "experts.up", "experts.down", "head",
+                                                       "other"};
+    double named = 0;
+    for (int i = 0; i < MOE_PHASE_COUNT; i++) {
+        out[i] = (moe_phase_stat){names[i], e->prof_s[i], e->prof_b[i], e->prof_n[i]};
+        if (i != MOE_PHASE_OTHER) named += e->prof_s[i];
+    }
+    out[MOE_PHASE_OTHER].seconds = e->prof_total > named ? e->prof_total - named : 0;
+    return e->prof_total;
+}
+
 /* ---- moe_ctx: one engine and one sequence ---- */
 
 moe_ctx_params moe_ctx_default_params(void) {
@@ -305,6 +327,7 @@ void moe_ctx_free(moe_ctx *c) {
 }
 
 const char *moe_ctx_errmsg(const moe_ctx *c) { return c->err; }
+moe_engine *moe_ctx_engine(moe_ctx *c) { return c->e; }
 const float *moe_ctx_logits(const moe_ctx *c) { return c->logits; }
 int32_t moe_ctx_pos(const moe_ctx *c) { return c->s->pos; }
 int32_t moe_ctx_n_ctx(const moe_ctx *c) { return c->s->n_ctx; }

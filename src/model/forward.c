@@ -19,9 +19,38 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "model/model_impl.h"
 #include "moe/dtype.h"
+
+/* ---- step profile (moe_engine_profile): wall time and weight bytes per phase ---- */
+
+static double prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static inline double ph_begin(const moe_engine *c) { return c->prof ? prof_now() : 0.0; }
+static inline void ph_end(moe_engine *c, moe_phase ph, double t0, double bytes) {
+    if (!c->prof) return;
+    c->prof_s[ph] += prof_now() - t0;
+    c->prof_b[ph] += bytes;
+    c->prof_n[ph]++;
+}
+static double w_bytes(const moe_wview *w) { return (double)w->out * (double)w->row_bytes; }
+static double set_bytes(const moe_kern_prod *p, int n) {
+    double b = 0;
+    for (int i = 0; i < n; i++) b += w_bytes(p[i].w);
+    return b;
+}
+/* a profiled product set / product */
+#define SET(ph, p, n)                                                                                                 \
+    do {                                                                                                              \
+        double t0_ = ph_begin(c);                                                                                     \
+        moe_kern_matmul_set(c->pool, (p), (n), &c->ws);                                                               \
+        ph_end(c, (ph), t0_, c->prof ? set_bytes((p), (n)) : 0);                                                      \
+    } while (0)
 
 /* ---- RoPE (spec §4.5): cos/sin per token and pair, llama.cpp's float arithmetic ---- */
 
@@ -151,7 +180,12 @@ static moe_wview slice(const sliced_w *s, int64_t k) {
     return w;
 }
 
-#define MM(w, x, ldx, y, ldy, T) moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), &c->ws)
+#define MM(ph, w, x, ldx, y, ldy, T)                                                                                  \
+    do {                                                                                                              \
+        double t0_ = ph_begin(c);                                                                                     \
+        moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), &c->ws);                                           \
+        ph_end(c, (ph), t0_, w_bytes(w));                                                                             \
+    } while (0)
 
 static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_model *m = c->m;
@@ -161,12 +195,12 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     /* h: (B, D) normed input; q (or q_a) and kv_a share one quantization of h and one job */
     if (Lq > 0) {
         moe_kern_prod p[2] = {{&ly->q_a, c->h, D, c->qa, Lq, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, Lq), (B, W) */
-        moe_kern_matmul_set(c->pool, p, 2, &c->ws);
+        SET(MOE_PHASE_ATTN_IN, p, 2);
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->qa + t * Lq, c->qa + t * Lq, ly->q_a_norm, Lq, hp->rms_eps);
-        MM(&ly->q_b, c->qa, Lq, c->q, H * Dk, B); /* (B, H·Dk) */
+        MM(MOE_PHASE_ATTN_QB, &ly->q_b, c->qa, Lq, c->q, H * Dk, B); /* (B, H·Dk) */
     } else {
         moe_kern_prod p[2] = {{&ly->q, c->h, D, c->q, H * Dk, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, H·Dk), (B, W) */
-        moe_kern_matmul_set(c->pool, p, 2, &c->ws);
+        SET(MOE_PHASE_ATTN_IN, p, 2);
     }
     for (int64_t t = 0; t < B; t++) {
         float *row = tok_layer_cache(c, t, il) + (size_t)c->tok_pos[t] * (size_t)W;
@@ -180,7 +214,7 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         c->wv[hh] = slice(&ly->k_b, hh);
         c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->q + hh * Dk, H * Dk, c->qt + hh * W, H * W, B};
     }
-    moe_kern_matmul_set(c->pool, c->prods, (int)H, &c->ws);
+    SET(MOE_PHASE_ATTN_KB, c->prods, (int)H);
     for (int64_t t = 0; t < B; t++)
         for (int64_t hh = 0; hh < H; hh++) {
             float *qpe = c->qt + (t * H + hh) * W + Lkv;
@@ -189,7 +223,11 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         }
     const int64_t G = (H + 15) / 16, nth = moe_pool_n_threads(c->pool);
     int64_t longest = 0;
-    for (int64_t t = 0; t < B; t++) longest = c->tok_pos[t] + 1 > longest ? c->tok_pos[t] + 1 : longest;
+    double keys = 0, t0 = ph_begin(c);
+    for (int64_t t = 0; t < B; t++) {
+        longest = c->tok_pos[t] + 1 > longest ? c->tok_pos[t] + 1 : longest;
+        keys += (double)c->tok_pos[t] + 1;
+    }
     if (nth > 1 && B * G < nth && longest >= 256 && moe_kern_level() > 0) {
         for (int64_t it = 0; it < B * G; it++) attn_split(c, il, it / G, (it % G) * 16);
     } else {
@@ -197,13 +235,14 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         atomic_init(&aj.next, 0);
         moe_pool_run(c->pool, attn_worker, &aj);
     }
+    ph_end(c, MOE_PHASE_ATTN_CORE, t0, keys * (double)W * sizeof(float));
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {
         c->wv[hh] = slice(&ly->v_b, hh);
         c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->u + hh * Lkv, H * Lkv, c->o + hh * Dv, H * Dv, B};
     }
-    moe_kern_matmul_set(c->pool, c->prods, (int)H, &c->ws);
-    MM(&ly->attn_out, c->o, H * Dv, c->t0, D, B); /* (B, D) */
+    SET(MOE_PHASE_ATTN_VB, c->prods, (int)H);
+    MM(MOE_PHASE_ATTN_OUT, &ly->attn_out, c->o, H * Dv, c->t0, D, B); /* (B, D) */
     for (int64_t t = 0; t < B; t++)
         for (int64_t i = 0; i < D; i++) c->x[t * D + i] += c->t0[t * D + i];
 }
@@ -213,9 +252,9 @@ static void mlp(moe_engine *c, const moe_wview *gate, const moe_wview *up, const
                 float *out, int64_t T) {
     const int64_t D = c->m->hp.n_embd, F = gate->out;
     moe_kern_prod p[2] = {{gate, in, D, c->fa, F, T}, {up, in, D, c->fb, F, T}}; /* one job, one quantization */
-    moe_kern_matmul_set(c->pool, p, 2, &c->ws);
+    SET(MOE_PHASE_DENSE_UP, p, 2);
     for (int64_t t = 0; t < T; t++) moe_kern_swiglu(c->fa + t * F, c->fb + t * F, F);
-    MM(down, c->fa, F, out, D, T);
+    MM(MOE_PHASE_DENSE_DOWN, down, c->fa, F, out, D, T);
 }
 
 /* Routing of one token (spec §4.11 steps 2–6): selected experts and their weights. */
@@ -308,7 +347,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B};
     }
     p[np++] = (moe_kern_prod){&ly->gate_inp, c->h, D, c->router, E, B}; /* (B, E) */
-    moe_kern_matmul_set(c->pool, p, np, &c->ws);
+    SET(MOE_PHASE_SHARED_UP, p, np);
     uint64_t *cnt = c->counts + (size_t)il * (size_t)E;
     for (int64_t e = 0; e <= E; e++) c->ex_off[e] = 0;
     for (int64_t t = 0; t < B; t++) {
@@ -347,7 +386,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         p[np++] = (moe_kern_prod){&w[0], in, D, fa_e + (size_t)off * Fe, Fe, n}; /* (n, Fe) */
         p[np++] = (moe_kern_prod){&w[1], in, D, fb_e + (size_t)off * Fe, Fe, n};
     }
-    moe_kern_matmul_set(c->pool, p, np, &c->ws);
+    SET(MOE_PHASE_EXPERTS_UP, p, np);
     for (int64_t t = 0; t < B && FS > 0; t++) moe_kern_swiglu(c->fa + t * FS, c->fb + t * FS, FS);
     for (int64_t r = 0; r < B * K; r++) moe_kern_swiglu(fa_e + r * Fe, fb_e + r * Fe, Fe);
     /* 3: shared down and every expert's down (the experts' views were set in step 2) */
@@ -359,7 +398,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         const int64_t off = (g->y - fa_e) / Fe;
         c->prods2[np++] = (moe_kern_prod){&c->wv[3 * k + 2], g->y, Fe, c->ye + off * D, D, g->T}; /* (n, D) */
     }
-    moe_kern_matmul_set(c->pool, c->prods2, np, &c->ws);
+    SET(MOE_PHASE_EXPERTS_DOWN, c->prods2, np);
     if (FS > 0)
         for (int64_t i = 0; i < B * D; i++) c->x[i] += c->t0[i];
     for (int64_t e = 0; e < E; e++) {
@@ -373,6 +412,7 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
     const moe_model *m = c->m;
     const moe_hparams *hp = &m->hp;
     const int64_t D = hp->n_embd, V = hp->n_vocab;
+    const double step_t0 = ph_begin(c);
     int64_t B = 0;
     for (int32_t i = 0; i < n_items; i++) {
         moe_seq *s = items[i].seq;
@@ -399,7 +439,7 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
     }
     if (logits_all) {
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->h + t * D, c->x + t * D, m->output_norm, D, hp->rms_eps);
-        MM(&m->output, c->h, D, logits_all, V, B);
+        MM(MOE_PHASE_HEAD, &m->output, c->h, D, logits_all, V, B);
         int64_t end = 0;
         for (int32_t i = 0; i < n_items; i++) {
             end += items[i].n_tokens;
@@ -416,7 +456,7 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
                 n++;
             }
             if (n == c->n_out || (i == n_items - 1 && n > 0)) {
-                MM(&m->output, c->hl, D, c->lo, V, n);
+                MM(MOE_PHASE_HEAD, &m->output, c->hl, D, c->lo, V, n);
                 int64_t r = 0;
                 for (int32_t k = first; k <= i; k++)
                     if (items[k].logits) memcpy(items[k].logits, c->lo + (r++) * V, (size_t)V * sizeof(float));
@@ -426,4 +466,5 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
         }
     }
     for (int32_t i = 0; i < n_items; i++) items[i].seq->pos += items[i].n_tokens;
+    if (c->prof) c->prof_total += prof_now() - step_t0;
 }

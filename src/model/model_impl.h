@@ -87,6 +87,9 @@ struct moe_engine {
     float *scores;       /* owned, separate: (n_threads, scores_cap) attention scratch (moe_kern_mla_scratch), grown by moe_seq_init */
     size_t scores_cap;
     int32_t n_seq_live;
+    int prof;            /* step profile on (moe_engine_profile) */
+    double prof_s[MOE_PHASE_COUNT], prof_b[MOE_PHASE_COUNT], prof_total;
+    uint64_t prof_n[MOE_PHASE_COUNT];
     char err[256];
 };
 

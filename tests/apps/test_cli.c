@@ -98,6 +98,29 @@ int main(void) {
     }
 #endif
     json_decref(j);
+    /* bench --profile: per-phase lists for decode and each batch; the shares make up the step */
+    CHECK(sh(out, sizeof out, "%s bench -m %s -p 0 -n 4 -r 1 -t 2 --batch 2 --profile --json 2>/dev/null", g_bin, model) == 0,
+          "bench --profile: %s", out);
+    j = json_loads(out, 0, &je);
+    CHECK(j != NULL, "bench --profile --json is JSON: %s", out);
+    json_t *bl = j ? json_object_get(j, "batch") : NULL;
+    json_t *lists[2] = {j ? json_object_get(j, "profile") : NULL, bl ? json_object_get(json_array_get(bl, 0), "profile") : NULL};
+    for (int k = 0; k < 2; k++) {
+        CHECK(json_is_array(lists[k]) && json_array_size(lists[k]) >= 5, "bench profile list %d", k);
+        double share = 0, head_mb = 0;
+        size_t i;
+        json_t *ph;
+        json_array_foreach(lists[k], i, ph) {
+            share += json_number_value(json_object_get(ph, "share"));
+            if (!strcmp(json_string_value(json_object_get(ph, "phase")) ? json_string_value(json_object_get(ph, "phase")) : "", "head"))
+                head_mb = json_number_value(json_object_get(ph, "mb_per_step"));
+        }
+        CHECK(fabs(share - 1.0) < 1e-3 && head_mb > 0, "bench profile %d: shares add to %.4f, head %.3f MB/step", k, share, head_mb);
+    }
+    json_decref(j);
+    CHECK(sh(out, sizeof out, "%s bench -m %s -p 0 -n 2 -r 1 -t 2 --profile 2>&1", g_bin, model) == 0 &&
+              strstr(out, "profile of decode (tg)") && strstr(out, "experts.up"),
+          "bench --profile prints a table: %s", out);
 
     /* --help everywhere, exit 0 */
     const char *cmds[] = {"init", "eval", "run", "bench", "info", "tokenize", "detokenize"};

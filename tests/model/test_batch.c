@@ -7,7 +7,10 @@
  *    token ids, a sequence twice, a sequence of another engine, an empty item;
  *  - routing counters sum to tokens × K per MoE layer and reset to zero;
  *  - Q8_0 models repacked to R16 at load (VNNI machines) give the logits of the file's layout
- *    (MOE_REPACK=0) bit for bit, prefill and decode. */
+ *    (MOE_REPACK=0) bit for bit, prefill and decode;
+ *  - the step profile (moe_engine_profile) of decode steps counts exactly the weight bytes the
+ *    roofline counts (moe_model_active_bytes), the cache rows attended to, one call per phase
+ *    and layer, phase times that add up to the step time, and nothing once it is off. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +45,53 @@ static const int sched[NSEQ][12] = {
 static void mark(void *arg, int ith, int nth) {
     int *seen = arg;
     seen[ith] += 1 + nth; /* each thread writes only its own slot */
+}
+
+static void check_profile(const char *label, moe_model *m) {
+    const moe_hparams *hp = moe_model_hparams(m);
+    char err[512];
+    moe_ctx_params cp = moe_ctx_default_params();
+    cp.n_threads = 2;
+    cp.n_ctx = 64;
+    moe_ctx *c = NULL;
+    CHECK(moe_ctx_init(m, &cp, &c, err, sizeof err) == MOE_OK, "%s: profile ctx: %s", label, err);
+    if (!c) return;
+    const int32_t prompt[5] = {1, 2, 3, 4, 5}, next[2] = {6, 7};
+    CHECK(moe_ctx_eval(c, prompt, 5, NULL) == MOE_OK, "%s: profile prompt", label);
+    moe_engine *e = moe_ctx_engine(c);
+    moe_phase_stat st[MOE_PHASE_COUNT];
+    moe_engine_profile(e, 1);
+    for (int i = 0; i < 2; i++) CHECK(moe_ctx_eval(c, &next[i], 1, NULL) == MOE_OK, "%s: profiled decode", label);
+    const double total = moe_engine_profile_read(e, st);
+    double named = 0, wbytes = 0;
+    for (int i = 0; i < MOE_PHASE_COUNT; i++) {
+        CHECK(st[i].name && st[i].seconds >= 0, "%s: phase %d", label, i);
+        if (i != MOE_PHASE_OTHER) named += st[i].seconds;
+        if (i != MOE_PHASE_ATTN_CORE) wbytes += st[i].bytes;
+    }
+    const int moe_l = moe_model_n_moe_layers(m), dense_l = hp->n_layer - moe_l;
+    /* the roofline also counts the token's embedding row, which no product reads */
+    const double want = 2.0 * ((double)moe_model_active_bytes(m) - (double)moe_dtype_row_bytes(m->tok_embd.type, hp->n_embd));
+    printf("%-10s profile of 2 decode steps: %.0f weight bytes (roofline: %.0f), %.1f us\n", label, wbytes, want, 1e6 * total);
+    CHECK(fabs(wbytes - want) <= 1e-9 * want, "%s: profiled weight bytes %.0f, the roofline counts %.0f", label, wbytes, want);
+    /* positions 5 and 6 attend to 6 and 7 cache rows in every layer */
+    const double kv = (double)hp->n_layer * (6 + 7) * (double)(hp->kv_lora_rank + hp->n_rot) * 4;
+    CHECK(st[MOE_PHASE_ATTN_CORE].bytes == kv, "%s: attention bytes %.0f, want %.0f", label, st[MOE_PHASE_ATTN_CORE].bytes, kv);
+    CHECK(total > 0 && fabs(named + st[MOE_PHASE_OTHER].seconds - total) <= 1e-9 + 1e-9 * total, "%s: phases add to %.9f, steps %.9f",
+          label, named + st[MOE_PHASE_OTHER].seconds, total);
+    CHECK(st[MOE_PHASE_HEAD].calls == 2 && st[MOE_PHASE_ATTN_IN].calls == 2u * (uint64_t)hp->n_layer &&
+              st[MOE_PHASE_EXPERTS_UP].calls == 2u * (uint64_t)moe_l && st[MOE_PHASE_DENSE_UP].calls == 2u * (uint64_t)dense_l &&
+              st[MOE_PHASE_ATTN_QB].calls == (hp->q_lora_rank > 0 ? 2u * (uint64_t)hp->n_layer : 0u),
+          "%s: calls head %llu attn.in %llu experts.up %llu dense.up %llu", label, (unsigned long long)st[MOE_PHASE_HEAD].calls,
+          (unsigned long long)st[MOE_PHASE_ATTN_IN].calls, (unsigned long long)st[MOE_PHASE_EXPERTS_UP].calls,
+          (unsigned long long)st[MOE_PHASE_DENSE_UP].calls);
+    CHECK(!strcmp(st[MOE_PHASE_HEAD].name, "head") && !strcmp(st[MOE_PHASE_OTHER].name, "other"), "%s: phase names", label);
+    /* off: the figures stay, nothing more is added */
+    moe_engine_profile(e, 0);
+    const int32_t more = 8;
+    CHECK(moe_ctx_eval(c, &more, 1, NULL) == MOE_OK, "%s: unprofiled decode", label);
+    CHECK(moe_engine_profile_read(e, st) == 0 && st[MOE_PHASE_HEAD].calls == 0, "%s: profile off still counts", label);
+    moe_ctx_free(c);
 }
 
 static void check_model(const char *label, const moe_init_config *cfg) {
@@ -256,6 +306,7 @@ static void check_model(const char *label, const moe_init_config *cfg) {
         moe_ctx_free(c0);
         moe_model_close(m0);
     }
+    check_profile(label, m);
     moe_model_close(m);
 }
 
