@@ -44,7 +44,8 @@ static void usage(FILE *f) {
             "          batch: [{n, tg, roofline_pct, bandwidth_gbs}, ...]\n"
             "  --profile  also time every phase of the decode steps (attention in/core/out, experts, head,\n"
             "          ...): ms per step, share of the step, GB/s of weights read and %% of the probed\n"
-            "          bandwidth; with --json as \"profile\" (and per batch) lists\n\n"
+            "          bandwidth; with --json as \"profile\" (and per batch) lists; the prefill's as\n"
+            "          \"pp_profile\" (per prompt: there the products are compute-bound)\n\n"
             "The bandwidth probe runs next to every timed decode run; roofline_pct is the median of each\n"
             "run's tokens/s against its own bandwidth.\n");
 }
@@ -194,8 +195,9 @@ int moe_cmd_bench(int argc, char **argv) {
     int batches[MAX_BATCHES], n_batches = 0;
     long long n_p = 512, n_g = 128, threads = 0, reps = 3, depth = 0;
     int json = 0, profile = 0;
-    prof_sum tgp;
+    prof_sum tgp, ppp;
     memset(&tgp, 0, sizeof tgp);
+    memset(&ppp, 0, sizeof ppp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -288,9 +290,11 @@ int moe_cmd_bench(int argc, char **argv) {
     for (int r = 0; r < reps; r++) {
         if (n_p > 0) {
             moe_ctx_truncate(c, 0);
+            if (profile) moe_engine_profile(moe_ctx_engine(c), 1);
             double t0 = cli_now();
             if (moe_ctx_eval(c, toks, (int32_t)n_p, NULL)) goto eval_fail;
             pp[r] = (double)n_p / (cli_now() - t0);
+            if (profile) prof_take(&ppp, moe_ctx_engine(c), 1.0); /* per prompt (one step of n_p tokens) */
         }
         if (n_g > 0) {
             moe_ctx_truncate(c, 0);
@@ -350,6 +354,10 @@ int moe_cmd_bench(int argc, char **argv) {
             printf(", \"profile\": ");
             prof_print(&tgp, NULL, bw, 1);
         }
+        if (profile && n_p > 0) {
+            printf(", \"pp_profile\": ");
+            prof_print(&ppp, NULL, bw, 1);
+        }
         printf("}\n");
     } else {
         printf("memory read bandwidth   %8.2f GB/s (probe, %d threads; median of the probes next to each decode run)\n",
@@ -371,6 +379,11 @@ int moe_cmd_bench(int argc, char **argv) {
                    br[b].n, br[b].tg, br[b].limit, cli_bytes(br[b].bytes_step, b1, sizeof b1), br[b].roof_pct);
     }
     if (profile && !json) {
+        if (n_p > 0) {
+            char title[64];
+            snprintf(title, sizeof title, "prefill (pp%lld, per prompt)", n_p);
+            prof_print(&ppp, title, bw, 0);
+        }
         if (n_g > 0) prof_print(&tgp, "decode (tg)", bw, 0);
         for (int b = 0; b < n_batches; b++) {
             char title[64];

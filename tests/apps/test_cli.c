@@ -99,13 +99,14 @@ int main(void) {
 #endif
     json_decref(j);
     /* bench --profile: per-phase lists for decode and each batch; the shares make up the step */
-    CHECK(sh(out, sizeof out, "%s bench -m %s -p 0 -n 4 -r 1 -t 2 --batch 2 --profile --json 2>/dev/null", g_bin, model) == 0,
+    CHECK(sh(out, sizeof out, "%s bench -m %s -p 8 -n 4 -r 1 -t 2 --batch 2 --profile --json 2>/dev/null", g_bin, model) == 0,
           "bench --profile: %s", out);
     j = json_loads(out, 0, &je);
     CHECK(j != NULL, "bench --profile --json is JSON: %s", out);
     json_t *bl = j ? json_object_get(j, "batch") : NULL;
-    json_t *lists[2] = {j ? json_object_get(j, "profile") : NULL, bl ? json_object_get(json_array_get(bl, 0), "profile") : NULL};
-    for (int k = 0; k < 2; k++) {
+    json_t *lists[3] = {j ? json_object_get(j, "profile") : NULL, bl ? json_object_get(json_array_get(bl, 0), "profile") : NULL,
+                        j ? json_object_get(j, "pp_profile") : NULL};
+    for (int k = 0; k < 3; k++) {
         CHECK(json_is_array(lists[k]) && json_array_size(lists[k]) >= 5, "bench profile list %d", k);
         double share = 0, head_mb = 0;
         size_t i;
