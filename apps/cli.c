@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "cli.h"
 
 int cli_fail(const char *cmd, const char *fmt, ...) {
@@ -107,11 +108,7 @@ int cli_ids_file(const char *cmd, const char *path, int32_t **out) {
     return (int)n;
 }
 
-double cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+double cli_now(void) { return moe_now(); }
 
 const char *cli_bytes(double b, char *buf, size_t n) {
     const char *u[] = {"B", "kB", "MB", "GB", "TB"};

@@ -77,7 +77,8 @@ void moe_engine_reset_expert_counts(moe_engine *e);
 void moe_engine_set_route_observer(moe_engine *e, moe_route_observer_fn fn, void *ud);
 
 /* Step profile: wall time, weight bytes read and calls per phase of the forward pass, summed
- * over the steps since moe_engine_profile(e, 1) (which clears it). Off by default; off, it
+ * over the steps since moe_engine_profile(e, 1); either call clears it, 0 also stops it (read
+ * first). Off by default; off, it
  * costs one branch per phase. Phase bytes count each weight matrix once per call (attention:
  * the latent cache rows attended to, once); MOE_PHASE_OTHER is the step's time outside every
  * named phase (norms, RoPE, SwiGLU, routing, the experts' weighted sums, embedding). */

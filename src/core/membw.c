@@ -2,8 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/membw.h"
 #include "kern/kern.h"
 
@@ -67,12 +67,6 @@ static void bw_worker(void *arg, int ith, int nth) {
     j->sums[ith & 255] = s;
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 #define HUGE ((size_t)2 << 20)
 
 struct moe_membw {
@@ -104,9 +98,9 @@ double moe_membw_run(moe_membw *b, moe_pool *pool, int reps) {
     bw_job j = {b->buf, b->bytes / sizeof(float), {0}};
     double best = 0.0;
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = moe_now();
         moe_pool_run(pool, bw_worker, &j);
-        double dt = now() - t0;
+        double dt = moe_now() - t0;
         if (dt > 0 && (double)b->bytes / dt > best) best = (double)b->bytes / dt;
     }
     return best;

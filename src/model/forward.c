@@ -19,22 +19,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "model/model_impl.h"
 #include "moe/dtype.h"
 
 /* ---- step profile (moe_engine_profile): wall time and weight bytes per phase ---- */
 
-static double prof_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-static inline double ph_begin(const moe_engine *c) { return c->prof ? prof_now() : 0.0; }
+static inline double ph_begin(const moe_engine *c) { return c->prof ? moe_now() : 0.0; }
 static inline void ph_end(moe_engine *c, moe_phase ph, double t0, double bytes) {
     if (!c->prof) return;
-    c->prof_s[ph] += prof_now() - t0;
+    c->prof_s[ph] += moe_now() - t0;
     c->prof_b[ph] += bytes;
     c->prof_n[ph]++;
 }
@@ -533,5 +528,5 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
         }
     }
     for (int32_t i = 0; i < n_items; i++) items[i].seq->pos += items[i].n_tokens;
-    if (c->prof) c->prof_total += prof_now() - step_t0;
+    if (c->prof) c->prof_total += moe_now() - step_t0;
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "server/server_impl.h"
 
 static int grow(srv_buf *b, size_t need) {
@@ -63,11 +64,7 @@ void srv_buf_free(srv_buf *b) {
     memset(b, 0, sizeof *b);
 }
 
-double srv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+double srv_now(void) { return moe_now(); }
 
 double srv_wall(void) {
     struct timespec ts;

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <yaml.h>
 
+#include "core/clock.h"
 #include "moe/dtype.h"
 #include "moe/init.h"
 #include "train/train_impl.h"
@@ -278,12 +279,6 @@ static int file_exists(const char *p) {
     return stat(p, &sb) == 0;
 }
 
-static double wall(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 moe_status moe_train_run(const moe_train_params *pin, FILE *log, char *err, size_t errlen) {
     moe_train_params p = *pin;
     moe_status st = MOE_OK;
@@ -322,9 +317,9 @@ moe_status moe_train_run(const moe_train_params *pin, FILE *log, char *err, size
                 }
                 snprintf(vocab, sizeof vocab, "%s/vocab.gguf", p.out_dir);
                 if (!p.quiet && log) fprintf(log, "train: learning a %d-id BPE from %s ...\n", p.vocab_size, p.text);
-                double t0 = wall();
+                double t0 = moe_now();
                 if ((st = moe_train_bpe(p.text, (uint64_t)p.bpe_sample_mb << 20, p.vocab_size, vocab, err, errlen))) return st;
-                if (!p.quiet && log) fprintf(log, "train: BPE done in %.1f s\n", wall() - t0);
+                if (!p.quiet && log) fprintf(log, "train: BPE done in %.1f s\n", moe_now() - t0);
                 vf = vocab;
                 cfg.n_vocab = 0;
             }
@@ -342,11 +337,11 @@ moe_status moe_train_run(const moe_train_params *pin, FILE *log, char *err, size
             return MOE_ERR_INVAL;
         }
         uint64_t nt = 0;
-        double t0 = wall();
+        double t0 = moe_now();
         if ((st = moe_train_tokenize_file(model, p.text, corpus, &nt, err, errlen))) return st;
         if (!p.quiet && log)
             fprintf(log, "train: tokenized %s into %s: %llu tokens (%.1f s)\n", p.text, corpus, (unsigned long long)nt,
-                    wall() - t0);
+                    moe_now() - t0);
     }
     /* 3. the trainer */
     if ((st = moe_trainer_init(&p, model, corpus, &t, err, errlen))) return st;
@@ -400,7 +395,7 @@ moe_status moe_train_run(const moe_train_params *pin, FILE *log, char *err, size
                 p.batch_size, p.seq_len, moe_pool_n_threads(t->pool),
                 p.optimizer == MOE_TRAIN_OPT_DENSE ? "dense" : p.optimizer == MOE_TRAIN_OPT_EXACT ? "exact" : "lazy");
     }
-    double t_start = wall(), t_log = t_start, tok_s = 0;
+    double t_start = moe_now(), t_log = t_start, tok_s = 0;
     int64_t s_start = t->step, s_log = t->step;
     double acc_loss = 0;
     int n_acc = 0;
@@ -415,7 +410,7 @@ moe_status moe_train_run(const moe_train_params *pin, FILE *log, char *err, size
         double val = NAN;
         if (p.eval_every > 0 && (ss.step % p.eval_every == 0 || ss.step == p.steps))
             val = moe_trainer_eval(t, p.eval_batches);
-        double now = wall();
+        double now = moe_now();
         tok_s = (double)((ss.step - s_start) * p.batch_size * p.seq_len) / (now - t_start);
         fprintf(csv, "%lld,%.6f,%.6f,%.6g,%.6g,%.4f,%.4f,%.4f,%d,", (long long)ss.step, ss.loss, ss.loss_ce,
                 ss.loss_aux, ss.lr, ss.grad_norm, ss.load_maxmean, ss.load_cv, ss.idle_experts);

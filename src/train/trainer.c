@@ -27,15 +27,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "moe/dtype.h"
 #include "moe/tok.h"
 #include "train/train_impl.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 moe_train_params moe_train_default_params(void) {
     moe_train_params p;
@@ -347,7 +342,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_train_stats *out) {
         snprintf(t->err, sizeof t->err, "train: no corpus");
         return MOE_ERR_INVAL;
     }
-    double t0 = now_s();
+    double t0 = moe_now();
     moe_trainer_fill_batch(t, t->step);
     m->replay = 0;
     double loss = moe_tm_forward(m);
@@ -447,7 +442,7 @@ moe_status moe_trainer_step(moe_trainer *t, moe_train_stats *out) {
         out->load_maxmean = n_moe ? mm_sum / n_moe : 0;
         out->load_cv = n_moe ? cv_sum / n_moe : 0;
         out->idle_experts = idle;
-        out->seconds = now_s() - t0;
+        out->seconds = moe_now() - t0;
     }
     return MOE_OK;
 }

@@ -86,7 +86,7 @@ static void check_profile(const char *label, moe_model *m) {
           (unsigned long long)st[MOE_PHASE_ATTN_IN].calls, (unsigned long long)st[MOE_PHASE_EXPERTS_UP].calls,
           (unsigned long long)st[MOE_PHASE_DENSE_UP].calls);
     CHECK(!strcmp(st[MOE_PHASE_HEAD].name, "head") && !strcmp(st[MOE_PHASE_OTHER].name, "other"), "%s: phase names", label);
-    /* off: the figures stay, nothing more is added */
+    /* off: the figures are cleared and nothing more is added */
     moe_engine_profile(e, 0);
     const int32_t more = 8;
     CHECK(moe_ctx_eval(c, &more, 1, NULL) == MOE_OK, "%s: unprofiled decode", label);

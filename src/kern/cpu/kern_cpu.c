@@ -28,6 +28,18 @@
 typedef float (*dot_fn)(const float *, const float *, int64_t);
 
 #ifdef MOE_X86
+/* The dot's end, in the ref's order: the 8 lanes v of (s0+s1)+(s2+s3) as
+ * ((v0+v4)+(v2+v6))+((v1+v5)+(v3+v7)), then fma of the elements [i, n) one by one */
+__attribute__((target("avx2,fma"))) static inline float dot_reduce(__m256 v, const float *a, const float *b, int64_t i,
+                                                                   int64_t n) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    __m128 q = _mm_add_ps(lo, hi);                 /* v0+v4, v1+v5, v2+v6, v3+v7 */
+    __m128 r = _mm_add_ps(q, _mm_movehl_ps(q, q)); /* (v0+v4)+(v2+v6), (v1+v5)+(v3+v7) */
+    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps(r, r, 1)));
+    for (; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);
+    return s;
+}
+
 __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const float *b, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
     int64_t i = 0;
@@ -37,29 +49,17 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
         s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
         s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
     }
-    __m256 v = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 q = _mm_add_ps(lo, hi);                 /* v0+v4, v1+v5, v2+v6, v3+v7 */
-    __m128 r = _mm_add_ps(q, _mm_movehl_ps(q, q)); /* (v0+v4)+(v2+v6), (v1+v5)+(v3+v7) */
-    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps(r, r, 1)));
-    for (; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);
-    return s;
+    return dot_reduce(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)), a, b, i, n);
 }
 
 #define F32_R 4 /* rows per block of f32_rows_avx512 */
-/* dot_avx2's reduction of one (row, token): its four 8-lane accumulators are z0 = [s0 | s1] and
- * z1 = [s2 | s3] here, then the same tree, then the tail elements in order */
+/* dot_avx2's end for one (row, token): its four 8-lane accumulators are z0 = [s0 | s1] and
+ * z1 = [s2 | s3] here */
 __attribute__((target("avx512f,avx2,fma"))) static inline float f32_reduce(__m512 z0, __m512 z1, const float *a,
                                                                           const float *b, int64_t i, int64_t n) {
     const __m256 s0 = _mm512_castps512_ps256(z0), s1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z0), 1));
     const __m256 s2 = _mm512_castps512_ps256(z1), s3 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z1), 1));
-    __m256 v = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 q = _mm_add_ps(lo, hi);
-    __m128 r = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    float s = _mm_cvtss_f32(_mm_add_ss(r, _mm_shuffle_ps(r, r, 1)));
-    for (; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);
-    return s;
+    return dot_reduce(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)), a, b, i, n);
 }
 
 /* F32 rows × tokens (the F32 weights' path and dequantized tiles): F32_R rows × NT tokens at a

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/kscale.h"
 #include "kern/kern.h"
 #include "moe/dtype.h"
@@ -673,15 +674,8 @@ void moe_kern_mmq_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *
  * AVX2 vpmaddubsw ymm (32 MACs; its vpmaddwd partner is not counted), else 0 (no probe).
  * Each thread reports its best 20 ms slice, like the bandwidth probe's best of 5: on a shared
  * machine the average over the whole interval measures the neighbours, and a peak below what
- * the kernels reach makes "% of peak" meaningless. */
-#include <time.h>
-/* wall time, like the throughputs it is compared with (moe bench) */
-static double tnow(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
+ * the kernels reach makes "% of peak" meaningless. Wall time (moe_now), like the throughputs it
+ * is compared with. */
 #define SLICE 0.02 /* seconds per measured slice */
 #ifdef MOE_X86
 
@@ -691,7 +685,7 @@ __attribute__((target("avx512f,avx512vnni"))) static double peak_vnni(double sec
     __m512i a0 = _mm512_set1_epi32(0), a1 = _mm512_set1_epi32(1), a2 = _mm512_set1_epi32(2), a3 = _mm512_set1_epi32(3),
             a4 = _mm512_set1_epi32(4), a5 = _mm512_set1_epi32(5), a6 = _mm512_set1_epi32(6), a7 = _mm512_set1_epi32(7),
             a8 = _mm512_set1_epi32(8), a9 = _mm512_set1_epi32(9), a10 = _mm512_set1_epi32(10), a11 = _mm512_set1_epi32(11);
-    double t0 = tnow(), ts = t0, t, best = 0;
+    double t0 = moe_now(), ts = t0, t, best = 0;
     long n = 0;
     do {
         /* the loop in asm: written in C, GCC placed a register copy after every vpdpbusd and the
@@ -707,7 +701,7 @@ __attribute__((target("avx512f,avx512vnni"))) static double peak_vnni(double sec
                          : "ecx", "cc");
 #undef DP
         n += 1000;
-        if ((t = tnow()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
+        if ((t = moe_now()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
             best = (double)n / (t - ts) > best ? (double)n / (t - ts) : best;
             n = 0;
             ts = t;
@@ -728,7 +722,7 @@ __attribute__((target("avx2"))) static double peak_avx2(double seconds) {
     __m256i a0 = _mm256_set1_epi16(0), a1 = _mm256_set1_epi16(1), a2 = _mm256_set1_epi16(2), a3 = _mm256_set1_epi16(3),
             a4 = _mm256_set1_epi16(4), a5 = _mm256_set1_epi16(5), a6 = _mm256_set1_epi16(6), a7 = _mm256_set1_epi16(7),
             a8 = _mm256_set1_epi16(8), a9 = _mm256_set1_epi16(9), a10 = _mm256_set1_epi16(10), a11 = _mm256_set1_epi16(11);
-    double t0 = tnow(), ts = t0, t, best = 0;
+    double t0 = moe_now(), ts = t0, t, best = 0;
     long n = 0;
     do {
         /* in asm for the reason given in peak_vnni; a += maddubs(a, w), 12 independent chains */
@@ -743,7 +737,7 @@ __attribute__((target("avx2"))) static double peak_avx2(double seconds) {
                          : "ecx", "cc", "xmm14");
 #undef MA
         n += 1000;
-        if ((t = tnow()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
+        if ((t = moe_now()) - ts >= SLICE) { /* best slice: the core's rate when the OS lets it run */
             best = (double)n / (t - ts) > best ? (double)n / (t - ts) : best;
             n = 0;
             ts = t;
@@ -764,7 +758,7 @@ __attribute__((target("avx2"))) static double peak_avx2(double seconds) {
 static double clock_chain(double seconds) {
 #if defined(__x86_64__) || defined(__aarch64__)
     uint64_t v = 0;
-    double t0 = tnow(), ts = t0, t, best = 0;
+    double t0 = moe_now(), ts = t0, t, best = 0;
     long n = 0;
     do {
         for (int r = 0; r < 1000; r++) {
@@ -779,7 +773,7 @@ static double clock_chain(double seconds) {
 #undef A10
         }
         n += 1000;
-        if ((t = tnow()) - ts >= SLICE) {
+        if ((t = moe_now()) - ts >= SLICE) {
             best = (double)n / (t - ts) > best ? (double)n / (t - ts) : best;
             n = 0;
             ts = t;
