@@ -91,8 +91,8 @@ typedef enum moe_phase {
     MOE_PHASE_ATTN_OUT,  /* attn_output */
     MOE_PHASE_DENSE_UP,  /* dense FFN gate+up */
     MOE_PHASE_DENSE_DOWN,
-    MOE_PHASE_SHARED_UP, /* shared experts' gate+up and the router, one job */
-    MOE_PHASE_EXPERTS_UP,   /* gate+up of every selected expert, one job */
+    MOE_PHASE_ROUTER,    /* the router's scores */
+    MOE_PHASE_EXPERTS_UP,   /* shared experts' and every selected expert's gate+up, one job */
     MOE_PHASE_EXPERTS_DOWN, /* shared and selected experts' down, one job */
     MOE_PHASE_HEAD,
     MOE_PHASE_OTHER,

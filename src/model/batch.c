@@ -58,8 +58,9 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
     size_t ffw = zmax((size_t)hp->n_ff, Fe * (S + K));
     size_t max_in = zmax(zmax(zmax(D, Lq), zmax(Lkv, Dn)), zmax(H * Dv, zmax((size_t)hp->n_ff, Fe * zmax(S, 1))));
     /* activation blocks per token of the largest product set (moe_kern_matmul_set): q_b or
-     * q+kv_a, all heads' k_b or v_b, the experts' gathered inputs, shared + experts' down */
-    size_t xq_tok = zmax(zmax(max_in, D + Lq), zmax(H * zmax(Dn, Lkv), zmax(K * D, Fe * (S + K)))) / 32 + 1;
+     * q+kv_a, all heads' k_b or v_b, the shared experts' and the routed experts' inputs,
+     * shared + experts' down */
+    size_t xq_tok = zmax(zmax(max_in, D + Lq), zmax(H * zmax(Dn, Lkv), zmax((K + 1) * D, Fe * (S + K)))) / 32 + 1;
     const size_t NW = zmax(3 * E, H) + 1, NP = zmax(2 * E + 3, H) + 1;
     c->scratch_per_thread = moe_kern_scratch_floats((int64_t)max_in);
     size_t wide = zmax(D, zmax(H * Dk, H * (Lkv + R)));
@@ -262,7 +263,7 @@ void moe_engine_profile(moe_engine *e, int on) {
 double moe_engine_profile_read(const moe_engine *e, moe_phase_stat *out) {
     static const char *const names[MOE_PHASE_COUNT] = {"attn.in",      "attn.q_b",  "attn.k_b",    "attn.core",
                                                        "attn.v_b",     "attn.out",  "dense.up",    "dense.down",
-                                                       "shared.up",    "experts.up", "experts.down", "head",
+                                                       "router",       "experts.up", "experts.down", "head",
                                                        "other"};
     double named = 0;
     for (int i = 0; i < MOE_PHASE_COUNT; i++) {

@@ -391,8 +391,10 @@ static void rows_moe_out(moe_engine *c, const void *shared, int64_t t0, int64_t 
 }
 
 /* Routed and shared experts in three pool jobs whatever the number of experts selected:
- *   1. shared gate+up and the router (all read h)
- *   2. gate+up of every selected expert (the rows of all experts split across the threads)
+ *   1. the router
+ *   2. shared gate+up and the gate+up of every selected expert (the rows of all of them split
+ *      across the threads: in a batch the shared products are compute-bound and the routed
+ *      ones stream, so one thread computes while the other streams)
  *   3. shared down and every selected expert's down
  * Expert e's tokens take slots [ex_off[e], ex_off[e+1]) of the (B·K)-row buffers xe (its
  * gathered inputs; not needed when its tokens are consecutive, e.g. any expert at B = 1), the
@@ -405,12 +407,8 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     float *fa_e = c->fa + B * FS, *fb_e = c->fb + B * FS; /* (B·K, Fe) expert slots */
     moe_kern_prod *p = c->prods;
     int np = 0;
-    if (FS > 0) {
-        p[np++] = (moe_kern_prod){&ly->gate_sh, c->h, D, c->fa, FS, B}; /* (B, FS) */
-        p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B};
-    }
     p[np++] = (moe_kern_prod){&ly->gate_inp, c->h, D, c->router, E, B}; /* (B, E) */
-    SET(MOE_PHASE_SHARED_UP, p, np);
+    SET(MOE_PHASE_ROUTER, p, np);
     uint64_t *cnt = c->counts + (size_t)il * (size_t)E;
     for (int64_t e = 0; e <= E; e++) c->ex_off[e] = 0;
     for (int64_t t = 0; t < B; t++) {
@@ -431,8 +429,14 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             c->ex_tok[at] = (int32_t)t;
             c->ex_w[at] = c->selw[t * K + k];
         }
-    /* 2: gate+up of every selected expert; consecutive tokens are read in place */
+    /* 2: shared gate+up, then the gate+up of every selected expert; consecutive tokens are
+     * read in place */
     np = 0;
+    if (FS > 0) {
+        p[np++] = (moe_kern_prod){&ly->gate_sh, c->h, D, c->fa, FS, B}; /* (B, FS) */
+        p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B};
+    }
+    const int sh0 = np;
     for (int64_t e = 0; e < E; e++) {
         const int32_t off = c->ex_off[e], n = c->ex_off[e + 1] - off;
         if (!n) continue; /* only selected experts are computed */
@@ -442,7 +446,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)(off + j) * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
             in = c->xe + (size_t)off * D;
         }
-        moe_wview *w = c->wv + 3 * np / 2;
+        moe_wview *w = c->wv + 3 * (np - sh0) / 2;
         w[0] = slice(&ly->gate_exps, e);
         w[1] = slice(&ly->up_exps, e);
         w[2] = slice(&ly->down_exps, e);
@@ -457,11 +461,11 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const swiglu_rows ex = {fa_e, fb_e, Fe};
     rows_par(c, B * K, rows_swiglu, &ex);
     /* 3: shared down and every expert's down (the experts' views were set in step 2) */
-    const int n_ex = np / 2;
+    const int n_ex = (np - sh0) / 2;
     np = 0;
     if (FS > 0) c->prods2[np++] = (moe_kern_prod){&ly->down_sh, c->fa, FS, c->t0, D, B}; /* (B, D) */
     for (int k = 0; k < n_ex; k++) {
-        const moe_kern_prod *g = &p[2 * k];
+        const moe_kern_prod *g = &p[sh0 + 2 * k];
         const int64_t off = (g->y - fa_e) / Fe;
         c->prods2[np++] = (moe_kern_prod){&c->wv[3 * k + 2], g->y, Fe, c->ye + off * D, D, g->T}; /* (n, D) */
     }
