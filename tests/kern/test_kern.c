@@ -290,15 +290,16 @@ static void test_mla_attn(void) {
 }
 
 /* The R16 repacked layout (kern.h): every level's product on the repacked copy equals the ref on
- * the Q8_0 original bit for bit (T 1..17: the register tiles of 1..8 tokens and their tails;
- * row ranges cutting groups), as does moe_kern_dequant_wrow, and a matmul on a pool. */
+ * the Q8_0 original bit for bit (T 1..31: the register tiles of pairs of groups (1..6 tokens)
+ * and of single groups (1..16), their tails; row ranges cutting groups, with an even and an odd
+ * number of whole groups), as does moe_kern_dequant_wrow, and a matmul on a pool. */
 static void test_r16(void) {
-    enum { OUT = 48 };
+    enum { OUT = 80 };
     static uint8_t wq[OUT * 2176], rp[OUT * 2176];
     static float x[31 * 2048], y0[31 * OUT], y1[31 * OUT], d0[2048], d1[2048];
     static moe_q8a r[31 * 64];
     const int64_t ins[] = {32, 96, 1056, 2048};
-    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 31};
+    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 31};
     const int top = moe_kern_level();
     CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
               !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48),
@@ -335,7 +336,8 @@ static void test_r16(void) {
             fill_x(x, T * in, (int)(q + ii) % 5);
             for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
             moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-            check_mmq_levels(&wr, r, T, y0, y1, 7, 41, 0, "r16"); /* 7..41 cuts groups at both ends */
+            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "r16"); /* cut groups at both ends, 3 whole ones */
+            check_mmq_levels(&wr, r, T, y0, y1, 9, 57, 0, "r16"); /* 2 whole groups: one pair */
         }
     }
     /* through moe_kern_matmul on a pool, W8A8 on and off (wq and rp still hold the in = 2048 matrix) */
@@ -355,7 +357,7 @@ static void test_r16(void) {
     moe_kern_set_int8(1);
     free(scratch);
     moe_pool_free(pool);
-    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-9/16/17, cut groups, "
+    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-31, pairs and single groups, cut groups, "
            "dequant, matmul)\n", top);
 }
 
