@@ -290,11 +290,12 @@ static void test_mla_attn(void) {
 }
 
 /* The R16 repacked layout (kern.h): every level's product on the repacked copy equals the ref on
- * the Q8_0 original bit for bit (T 1..31: the register tiles of pairs of groups (1..6 tokens)
- * and of single groups (1..16), their tails; row ranges cutting groups, with an even and an odd
- * number of whole groups), as does moe_kern_dequant_wrow, and a matmul on a pool. */
+ * the Q8_0 original bit for bit (T 1..31: the register tiles of quads of groups (1..3 tokens),
+ * pairs (1..6) and single groups (1..16), their tails; row ranges cutting groups, with 7 whole
+ * groups (quad + pair + single), 3 and 2), as does moe_kern_dequant_wrow, and a matmul on a
+ * pool. */
 static void test_r16(void) {
-    enum { OUT = 80 };
+    enum { OUT = 112 };
     static uint8_t wq[OUT * 2176], rp[OUT * 2176];
     static float x[31 * 2048], y0[31 * OUT], y1[31 * OUT], d0[2048], d1[2048];
     static moe_q8a r[31 * 64];
@@ -313,12 +314,14 @@ static void test_r16(void) {
         }
         for (int64_t o = 0; o < OUT; o++)
             for (int64_t b = 0; b < nb; b++) {
-                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 33 ? 2e4f : 0.01f)); /* denormal, near the F16 maximum */
+                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 || o == 83 ? 1e-7f : o == 33 || o == 99 ? 2e4f : 0.01f)); /* denormal, near the F16 maximum */
                 memcpy(wq + (size_t)o * rb + (size_t)b * 34, &h, 2);
             }
         for (int64_t b = 0; b < nb; b++) {
-            memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
+            memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32);  /* row 5: all -128 */
             memset(wq + 21 * rb + (size_t)b * 34 + 2, 0x7f, 32); /* row 21: all +127 */
+            memset(wq + 70 * rb + (size_t)b * 34 + 2, 0x80, 32); /* and in the later groups */
+            memset(wq + 91 * rb + (size_t)b * 34 + 2, 0x7f, 32);
         }
         memset(rp, 0xA5, sizeof rp);
         moe_kern_repack_q8_0_r16(wq, rb, in, 0, 1, rp); /* two calls: groups are independent */
@@ -337,6 +340,7 @@ static void test_r16(void) {
             for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
             moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
             check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "r16"); /* cut groups at both ends, 3 whole ones */
+            check_mmq_levels(&wr, r, T, y0, y1, 3, 106, 0, "r16"); /* 5 whole: quad + single, or pair + pair + single */
             check_mmq_levels(&wr, r, T, y0, y1, 9, 57, 0, "r16"); /* 2 whole groups: one pair */
         }
     }
@@ -357,7 +361,7 @@ static void test_r16(void) {
     moe_kern_set_int8(1);
     free(scratch);
     moe_pool_free(pool);
-    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-31, pairs and single groups, cut groups, "
+    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-31, quads, pairs and single groups, cut groups, "
            "dequant, matmul)\n", top);
 }
 

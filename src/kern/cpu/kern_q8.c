@@ -516,67 +516,82 @@ r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
     for (int k = 0; k < NT; k++) _mm512_storeu_ps(y + k * ldy, acc[k]);
 }
 
-/* Two R16 groups (32 rows: g and the next group, g + 544·nb) over NT ≤ 6 tokens: each
- * activation broadcast feeds two vpdpbusd (one per group), half the broadcast loads per
- * vpdpbusd of r16_group, with 2·NT integer chains, 2·NT float accumulators and two weight
- * columns live (30 registers at NT = 6). The same arithmetic per (row, token) as r16_group.
- * Besides its own two streams (2 pairs ahead, as r16_group) it prefetches pre_n bytes at
- * `pre` into L2, spread over its blocks. In L3-resident products on 2 threads it computes
- * 15-30 % faster than r16_group at T 3-16 (the broadcast loads were the limit: vpdpbusd with
- * a broadcast memory operand ran at ~70 % of the register-operand rate in isolation). */
+/* G consecutive R16 groups (16·G rows, group i at g + 544·nb·i) over NT tokens, G·NT ≤ 12:
+ * each activation broadcast feeds G vpdpbusd (one per group), 1/G of the broadcast loads per
+ * vpdpbusd of r16_group, with G·NT integer chains, G·NT float accumulators and G weight columns
+ * live (≤ 30 registers). The same arithmetic per (row, token) as r16_group; each of the G
+ * streams prefetches 2 pairs of blocks ahead, as r16_group. On 2 threads, in L3-resident
+ * products two groups compute 15-30 % faster than r16_group at T 3-16 (the broadcast loads
+ * were the limit: vpdpbusd with a broadcast memory operand ran at ~70 % of the
+ * register-operand rate in isolation); from memory, G streams per thread read faster than one
+ * (a read loop on 2 threads: 1 stream 53 GB/s, 2 streams 58, 4 streams 63). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-r16_pair(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const char *pre, size_t pre_n) {
-    const uint8_t *h = g + (size_t)nb * 544;
-    const size_t pre_step = (pre_n / (size_t)((nb + 1) / 2) + 63) / 64 * 64; /* bytes of `pre` per block pair */
-    const char *pre_end = pre + pre_n;
-    __m512 aa[6], ab[6];
-    for (int k = 0; k < NT; k++) aa[k] = ab[k] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        if (!(b & 1)) {
-            const char *pf = (const char *)g + (size_t)(b / 2 + 2) * 1088, *pg = (const char *)h + (size_t)(b / 2 + 2) * 1088;
-            for (int c = 0; c < 17; c++) {
-                _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
-                _mm_prefetch(pg + 64 * c, _MM_HINT_T0);
-            }
-            for (size_t q = 0; q < pre_step && pre < pre_end; q += 64, pre += 64) _mm_prefetch(pre, _MM_HINT_T1);
-        }
-        const __m512i *wa = (const __m512i *)(const void *)(g + moe_r16_woff(b));
-        const __m512i *wb = (const __m512i *)(const void *)(h + moe_r16_woff(b));
-        __m512i sa[6], sb[6];
+r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy) {
+    const size_t gs = (size_t)nb * 544;
+    __m512 acc[4][6];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
 #pragma GCC unroll 6
         for (int k = 0; k < 6; k++)
-            if (k < NT) sa[k] = sb[k] = _mm512_set1_epi32(-128 * xq[k * nb + b].s);
+            if (i < G && k < NT) acc[i][k] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (!(b & 1)) {
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                if (i < G) {
+                    const char *pf = (const char *)g + gs * (size_t)i + (size_t)(b / 2 + 2) * 1088;
+                    for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
+                }
+        }
+        __m512i s[4][6];
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++)
+            if (k < NT) {
+                const __m512i s0 = _mm512_set1_epi32(-128 * xq[k * nb + b].s);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    if (i < G) s[i][k] = s0;
+            }
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
-            const __m512i x0 = _mm512_loadu_si512(wa + c), x1 = _mm512_loadu_si512(wb + c);
+            __m512i wc[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                if (i < G) wc[i] = _mm512_loadu_si512((const __m512i *)(const void *)(g + gs * (size_t)i + moe_r16_woff(b)) + c);
 #pragma GCC unroll 6
             for (int k = 0; k < 6; k++)
                 if (k < NT) {
                     const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
-                    sa[k] = _mm512_dpbusd_epi32(sa[k], x0, xb);
-                    sb[k] = _mm512_dpbusd_epi32(sb[k], x1, xb);
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++)
+                        if (i < G) s[i][k] = _mm512_dpbusd_epi32(s[i][k], wc[i], xb);
                 }
         }
-        const __m512 da = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(g + moe_r16_soff(nb, b))));
-        const __m512 db = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(h + moe_r16_soff(nb, b))));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            if (i < G) {
+                const __m512 dw = _mm512_cvtph_ps(
+                    _mm256_loadu_si256((const __m256i *)(const void *)(g + gs * (size_t)i + moe_r16_soff(nb, b))));
 #pragma GCC unroll 6
-        for (int k = 0; k < 6; k++)
-            if (k < NT) {
-                const __m512 dx = _mm512_set1_ps(xq[k * nb + b].d);
-                aa[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa[k]), _mm512_mul_ps(da, dx), aa[k]);
-                ab[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb[k]), _mm512_mul_ps(db, dx), ab[k]);
+                for (int k = 0; k < 6; k++)
+                    if (k < NT)
+                        acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][k]), _mm512_mul_ps(dw, _mm512_set1_ps(xq[k * nb + b].d)),
+                                                    acc[i][k]);
             }
     }
-    for (int k = 0; k < NT; k++) {
-        _mm512_storeu_ps(y + k * ldy, aa[k]);
-        _mm512_storeu_ps(y + k * ldy + 16, ab[k]);
-    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++)
+            if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + 16 * i, acc[i][k]);
 }
 
 #define R16_GROUP(n)                                                                                                   \
     case n: r16_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, far); break;
 #define R16_PAIR(n)                                                                                                    \
-    case n: r16_pair(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, pre, p1 - p0); break;
+    case n: r16_multi(g, xq + t0 * nb, nb, 2, n, y + t0 * ldy + o, ldy); break;
+#define R16_QUAD(n)                                                                                                    \
+    case n: r16_multi(g, xq + t0 * nb, nb, 4, n, y + t0 * ldy + o, ldy); break;
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -599,18 +614,25 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
          * 1-token pass costs a weight pass for 1/16 of the work) */
         const int64_t L = s1 - s0, ntile = (L + 15) / 16;
         int64_t o = a;
-        /* whole pairs of groups, in tiles of at most 6 tokens; each pass over a pair brings its
-         * share of the next pair into L2, so a compute-bound pass does not stall on memory at
-         * the start of the next pair and a many-tile pair streams while it computes */
+        /* up to 3 tokens: whole quads of groups (4 streams); then whole pairs of groups, in
+         * tiles of at most 6 tokens (no L2 prefetch further ahead: on 2 threads the pair's two
+         * streams read at 98-114 % of a one-stream read loop at T 1-2 and 90-96 % at T 4-6
+         * without one, 78-96 % with the next pair prefetched, and no better at T 8-48) */
+        if (L <= 3)
+            for (; o + 64 <= e; o += 64) {
+                const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+                const int64_t t0 = s0;
+                switch ((int)L) {
+                R16_QUAD(3)
+                R16_QUAD(2)
+                R16_QUAD(1)
+                }
+            }
         const int64_t nt6 = (L + 5) / 6;
-        const size_t pair_bytes = (size_t)nb * 1088;
         for (; o + 32 <= e; o += 32) {
             const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
             for (int64_t i = 0; i < nt6; i++) {
                 const int64_t t0 = s0 + L * i / nt6;
-                const size_t p0 = pair_bytes * (size_t)i / (size_t)nt6 / 64 * 64,
-                             p1 = pair_bytes * (size_t)(i + 1) / (size_t)nt6 / 64 * 64;
-                const char *pre = (const char *)g + pair_bytes + p0;
                 switch ((int)(s0 + L * (i + 1) / nt6 - t0)) {
                 R16_PAIR(6)
                 R16_PAIR(5)
