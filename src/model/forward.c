@@ -474,6 +474,22 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     rows_par(c, B, rows_moe_out, &shared);
 }
 
+/* copy rows [r0, r1) of c->lo to the logits of the items that want them, in item order */
+typedef struct {
+    const moe_batch_item *items;
+    int32_t n;
+} logits_out;
+static void rows_logits(moe_engine *c, const void *ctx, int64_t r0, int64_t r1) {
+    const logits_out *o = ctx;
+    const int64_t V = c->m->hp.n_vocab;
+    int64_t r = 0;
+    for (int32_t k = 0; k < o->n && r < r1; k++)
+        if (o->items[k].logits) {
+            if (r >= r0) memcpy(o->items[k].logits, c->lo + r * V, (size_t)V * sizeof(float));
+            r++;
+        }
+}
+
 void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_items, float *logits_all) {
     const moe_model *m = c->m;
     const moe_hparams *hp = &m->hp;
@@ -522,10 +538,30 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
                 n++;
             }
             if (n == c->n_out || (i == n_items - 1 && n > 0)) {
-                MM(MOE_PHASE_HEAD, &m->output, c->hl, D, c->lo, V, n);
-                int64_t r = 0;
-                for (int32_t k = first; k <= i; k++)
-                    if (items[k].logits) memcpy(items[k].logits, c->lo + (r++) * V, (size_t)V * sizeof(float));
+                /* the items' logits rows at one stride (a caller's (n, V) array) take the head's
+                 * output directly; otherwise it goes through c->lo and is copied out in parallel */
+                float *base = NULL;
+                int64_t stride = 0, r = 0;
+                int direct = 1;
+                for (int32_t k = first; k <= i && direct; k++) {
+                    if (!items[k].logits) continue;
+                    if (!base) {
+                        base = items[k].logits;
+                    } else if (r == 1) {
+                        stride = items[k].logits - base;
+                        direct = stride >= V;
+                    } else {
+                        direct = items[k].logits == base + r * stride;
+                    }
+                    r++;
+                }
+                if (direct) {
+                    MM(MOE_PHASE_HEAD, &m->output, c->hl, D, base, n > 1 ? stride : V, n);
+                } else {
+                    MM(MOE_PHASE_HEAD, &m->output, c->hl, D, c->lo, V, n);
+                    const logits_out lo = {items + first, i - first + 1};
+                    rows_par(c, n, rows_logits, &lo);
+                }
                 n = 0;
                 first = i + 1;
             }

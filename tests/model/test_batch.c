@@ -94,6 +94,48 @@ static void check_profile(const char *label, moe_model *m) {
     moe_ctx_free(c);
 }
 
+/* Logits rows at one stride (a caller's (n, V) array) take the head's output directly; rows at
+ * irregular places get it through the engine's buffer, copied over the threads from 8 rows on:
+ * both give the same bits. */
+static void check_logits_out(const char *label, moe_model *m) {
+    enum { NS = 10 };
+    const int V = moe_model_hparams(m)->n_vocab;
+    moe_engine_params ep = moe_engine_default_params();
+    ep.n_batch = 3 * NS;
+    ep.n_seq_max = NS;
+    ep.n_threads = 2;
+    moe_engine *e;
+    char err[256];
+    CHECK(moe_engine_init(m, &ep, &e, err, sizeof err) == MOE_OK, "%s: engine: %s", label, err);
+    const size_t W = (size_t)V + 8; /* pass 0: rows W floats apart */
+    float *flat = calloc((size_t)NS * W, sizeof(float)), *odd = calloc((size_t)NS * V + NS * NS, sizeof(float));
+    int32_t tok[NS][3];
+    for (int pass = 0; pass < 2; pass++) {
+        moe_seq *sq[NS];
+        moe_batch_item it[NS];
+        for (int s = 0; s < NS; s++) {
+            for (int i = 0; i < 3; i++) tok[s][i] = (s * 31 + i * 7 + 3) % V;
+            CHECK(moe_seq_init(e, 16, &sq[s]) == MOE_OK, "seq");
+            /* pass 1: row s at s·V + s², no common stride */
+            it[s] = (moe_batch_item){sq[s], tok[s], 3, pass ? odd + (size_t)s * V + (size_t)s * s : flat + (size_t)s * W};
+        }
+        it[4].logits = pass ? NULL : it[4].logits; /* an item without logits in the second pass */
+        CHECK(moe_engine_step(e, it, NS) == MOE_OK, "%s: step: %s", label, moe_engine_errmsg(e));
+        for (int s = 0; s < NS; s++) moe_seq_free(sq[s]);
+    }
+    int same = 1;
+    for (int s = 0; s < NS; s++)
+        if (s != 4) same &= !memcmp(flat + (size_t)s * W, odd + (size_t)s * V + (size_t)s * s, sizeof(float) * (size_t)V);
+    CHECK(same, "%s: logits written in place differ from the copied ones", label);
+    int untouched = 1;
+    for (int k = 0; k < V; k++) untouched &= odd[(size_t)4 * V + 16 + k] == 0.0f;
+    CHECK(untouched, "%s: an item without logits got some", label);
+    printf("%-10s head output in place (one stride) and copied (%d irregular rows): same bits\n", label, NS - 1);
+    free(flat);
+    free(odd);
+    moe_engine_free(e);
+}
+
 static void check_model(const char *label, const moe_init_config *cfg) {
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
@@ -307,6 +349,7 @@ static void check_model(const char *label, const moe_init_config *cfg) {
         moe_model_close(m0);
     }
     check_profile(label, m);
+    check_logits_out(label, m);
     moe_model_close(m);
 }
 
