@@ -450,81 +450,18 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_avx2(const moe_wview *w
 
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
- * running integer sum starts at −128·Σx (the w + 128 bias). NT ≤ 16 tokens share each weight
- * load (the weights of a 16-token tile, a batch's head, stream once), and their float
- * accumulators stay in registers over the whole row (exact ref order). To hide the vpdpbusd
- * latency, 4+ tokens run in groups of 4 with one chain each; 1–3 tokens use two chains per
- * token (columns 0–3, 4–7). */
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-r16_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int far) {
-    __m512 acc[16];
-    for (int k = 0; k < NT; k++) acc[k] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        /* One stream: the group is read front to back in 1088-byte pairs of blocks, and each pair
-         * prefetches the pair two ahead (17 lines, 2 KB on), running on into the next group (or
-         * past the matrix: a prefetch does not fault). A 223 MB matrix on 2 threads, each pass
-         * between two probe passes: 84-100 % of the probe, against 75-82 % for the earlier
-         * layout with separate weight and scale streams (4 KB and 16 blocks ahead). In a
-         * synthetic copy of the loop, 1 pair ahead or 4+ pairs ahead streamed at 77-92 %. */
-        if (!(b & 1)) {
-            const char *pf = (const char *)g + (size_t)(b / 2 + 2) * 1088;
-            for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
-            if (NT >= 8 && far) { /* a slow (compute-bound) single pass: also 6 pairs ahead into L2, +3-4 % */
-                pf = (const char *)g + (size_t)(b / 2 + 6) * 1088;
-                for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T1);
-            }
-        }
-        const __m512i *wq = (const __m512i *)(const void *)(g + moe_r16_woff(b));
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(g + moe_r16_soff(nb, b))));
-        __m512i w[8];
-        for (int c = 0; c < 8; c++) w[c] = _mm512_loadu_si512(wq + c);
-        if (NT < 4) { /* too few tokens to hide the vpdpbusd latency: two chains per token */
-#pragma GCC unroll 4
-            for (int k = 0; k < NT; k++) {
-                const moe_q8a *a = xq + k * nb + b;
-                const int32_t *xd = (const int32_t *)(const void *)a->q;
-                __m512i s0 = _mm512_set1_epi32(-128 * a->s), s1 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) {
-                    s0 = _mm512_dpbusd_epi32(s0, w[c], _mm512_set1_epi32(xd[c]));
-                    s1 = _mm512_dpbusd_epi32(s1, w[c + 4], _mm512_set1_epi32(xd[c + 4]));
-                }
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(dw, _mm512_set1_ps(a->d)),
-                                         acc[k]);
-            }
-            continue;
-        }
-#pragma GCC unroll 4
-        for (int k0 = 0; k0 < NT; k0 += 4) {
-            const moe_q8a *a = xq + k0 * nb + b;
-            __m512i s[4];
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++)
-                if (k0 + k < NT) s[k] = _mm512_set1_epi32(-128 * a[k * nb].s);
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++)
-#pragma GCC unroll 4
-                for (int k = 0; k < 4; k++)
-                    if (k0 + k < NT)
-                        s[k] = _mm512_dpbusd_epi32(s[k], w[c], _mm512_set1_epi32(((const int32_t *)(const void *)a[k * nb].q)[c]));
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; k++)
-                if (k0 + k < NT)
-                    acc[k0 + k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[k]), _mm512_mul_ps(dw, _mm512_set1_ps(a[k * nb].d)), acc[k0 + k]);
-        }
-    }
-    for (int k = 0; k < NT; k++) _mm512_storeu_ps(y + k * ldy, acc[k]);
-}
-
-/* G consecutive R16 groups (16·G rows, group i at g + 544·nb·i) over NT tokens, G·NT ≤ 12:
- * each activation broadcast feeds G vpdpbusd (one per group), 1/G of the broadcast loads per
- * vpdpbusd of r16_group, with G·NT integer chains, G·NT float accumulators and G weight columns
- * live (≤ 30 registers). The same arithmetic per (row, token) as r16_group; each of the G
- * streams prefetches 2 pairs of blocks ahead, as r16_group. On 2 threads, in L3-resident
- * products two groups compute 15-30 % faster than r16_group at T 3-16 (the broadcast loads
- * were the limit: vpdpbusd with a broadcast memory operand ran at ~70 % of the
- * register-operand rate in isolation); from memory, G streams per thread read faster than one
- * (a read loop on 2 threads: 1 stream 53 GB/s, 2 streams 58, 4 streams 63). */
+ * running integer sum starts at −128·Σx (the w + 128 bias). r16_multi runs G consecutive groups
+ * (16·G rows, group i at g + 544·nb·i) over NT tokens, G·NT ≤ 12: each broadcast activation
+ * dword feeds G vpdpbusd, with G·NT integer chains, G·NT float accumulators and G weight columns
+ * live (≤ 30 registers), the float sums in registers over the whole row (exact ref order).
+ * Each group is one stream, read front to back in 1088-byte pairs of blocks; each pair
+ * prefetches the pair two ahead (17 lines, 2 KB on), running on into the next group (or past
+ * the matrix: a prefetch does not fault). Measured (docs/performance.md, fourth pass): G
+ * streams per thread read faster than one (a read loop on 2 threads: 1 stream 53 GB/s, 2
+ * streams 58, 4 streams 63), and halving the broadcast loads per vpdpbusd (the limit: with a
+ * broadcast memory operand it ran at ~70 % of the register-operand rate) made two groups
+ * compute 15-30 % faster than one at T 3-16 in L3-resident products. A scale stream kept apart
+ * from the weights cost ~20 % of the streaming rate; 1 pair or 4+ pairs ahead streamed slower. */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy) {
     const size_t gs = (size_t)nb * 544;
@@ -586,12 +523,9 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
             if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + 16 * i, acc[i][k]);
 }
 
-#define R16_GROUP(n)                                                                                                   \
-    case n: r16_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, far); break;
-#define R16_PAIR(n)                                                                                                    \
-    case n: r16_multi(g, xq + t0 * nb, nb, 2, n, y + t0 * ldy + o, ldy); break;
-#define R16_QUAD(n)                                                                                                    \
-    case n: r16_multi(g, xq + t0 * nb, nb, 4, n, y + t0 * ldy + o, ldy); break;
+/* r16_multi for G groups and n tokens (compile-time constants in every case) */
+#define R16_CASE(G, n)                                                                                                 \
+    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy); break;
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -607,67 +541,40 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
      * activation streams of each tile come from L3 (prefill ran at ~60 % of the in-cache rate). */
     int64_t ts = (int64_t)(384 * 1024 / 40) / nb / 16 * 16;
     ts = ts < 16 ? 16 : ts;
-    const int far = T <= 16; /* one pass per group; with several, later passes find it cached */
     for (int64_t s0 = 0; s0 < T; s0 += ts) {
-        const int64_t s1 = s0 + ts < T ? s0 + ts : T;
-        /* tiles of near-equal size, at most 16: 49 tokens are 13+12+12+12, not 16+16+16+1 (a
-         * 1-token pass costs a weight pass for 1/16 of the work) */
-        const int64_t L = s1 - s0, ntile = (L + 15) / 16;
-        int64_t o = a;
-        /* up to 3 tokens: whole quads of groups (4 streams); then whole pairs of groups, in
-         * tiles of at most 6 tokens (no L2 prefetch further ahead: on 2 threads the pair's two
+        const int64_t L = (s0 + ts < T ? s0 + ts : T) - s0;
+        /* Up to 3 tokens: quads of groups (4 streams), then a pair, then a last single group;
+         * more tokens: pairs, then a single group, in tiles of near-equal size of at most 6
+         * (13 tokens are 4+4+5, not 6+6+1: a 1-token pass costs a weight pass for a sixth of
+         * the work). No L2 prefetch further ahead: on 2 threads the pair's two
          * streams read at 98-114 % of a one-stream read loop at T 1-2 and 90-96 % at T 4-6
-         * without one, 78-96 % with the next pair prefetched, and no better at T 8-48) */
-        if (L <= 3)
-            for (; o + 64 <= e; o += 64) {
+         * without one, 78-96 % with the next pair prefetched, and no better at T 8-48. */
+        const int64_t ntile = (L + 5) / 6;
+        int64_t o = a;
+        for (int G = L <= 3 ? 4 : 2; G >= 1; G /= 2)
+            for (; o + 16 * G <= e; o += 16 * G) {
                 const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-                const int64_t t0 = s0;
-                switch ((int)L) {
-                R16_QUAD(3)
-                R16_QUAD(2)
-                R16_QUAD(1)
+                for (int64_t i = 0; i < ntile; i++) {
+                    const int64_t t0 = s0 + L * i / ntile;
+                    switch (8 * G + (int)(s0 + L * (i + 1) / ntile - t0)) {
+                    R16_CASE(4, 1)
+                    R16_CASE(4, 2)
+                    R16_CASE(4, 3)
+                    R16_CASE(2, 1)
+                    R16_CASE(2, 2)
+                    R16_CASE(2, 3)
+                    R16_CASE(2, 4)
+                    R16_CASE(2, 5)
+                    R16_CASE(2, 6)
+                    R16_CASE(1, 1)
+                    R16_CASE(1, 2)
+                    R16_CASE(1, 3)
+                    R16_CASE(1, 4)
+                    R16_CASE(1, 5)
+                    R16_CASE(1, 6)
+                    }
                 }
             }
-        const int64_t nt6 = (L + 5) / 6;
-        for (; o + 32 <= e; o += 32) {
-            const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-            for (int64_t i = 0; i < nt6; i++) {
-                const int64_t t0 = s0 + L * i / nt6;
-                switch ((int)(s0 + L * (i + 1) / nt6 - t0)) {
-                R16_PAIR(6)
-                R16_PAIR(5)
-                R16_PAIR(4)
-                R16_PAIR(3)
-                R16_PAIR(2)
-                R16_PAIR(1)
-                }
-            }
-        }
-        /* a last single group */
-        for (; o < e; o += 16) {
-            const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-            for (int64_t i = 0; i < ntile; i++) {
-                const int64_t t0 = s0 + L * i / ntile;
-                switch ((int)(s0 + L * (i + 1) / ntile - t0)) {
-                R16_GROUP(16)
-                R16_GROUP(15)
-                R16_GROUP(14)
-                R16_GROUP(13)
-                R16_GROUP(12)
-                R16_GROUP(11)
-                R16_GROUP(10)
-                R16_GROUP(9)
-                R16_GROUP(1)
-                R16_GROUP(2)
-                R16_GROUP(3)
-                R16_GROUP(4)
-                R16_GROUP(5)
-                R16_GROUP(6)
-                R16_GROUP(7)
-                R16_GROUP(8)
-                }
-            }
-        }
     }
     if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
