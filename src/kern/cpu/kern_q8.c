@@ -383,17 +383,32 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
 /* Q4_K (kern.h, moe_kern_q4k_dot_ref): one row at a time, up to 8 tokens per pass. Per 256-value
  * block: the 8 sub-blocks' 4-bit values unpacked once (ymm of 32 u8), then per token 8 integer
  * dots (vpdpbusd, or vpmaddubsw + vpmaddwd on AVX2: u4·s8 pairs fit int16), reduced to one
- * lane per sub-block, and the ref's two fmas per sub-block on 8 lanes at once. */
+ * lane per sub-block, and the ref's two fmas per sub-block on 8 lanes at once. The activation
+ * blocks' d and Σq, 10 floats apart in moe_q8a, are laid out once per call as 8 + 8 contiguous
+ * floats per (token, 256-value block) (`tab`), so each block loads them instead of two gathers
+ * (the gathers and a spilled unpack were most of the kernel's time). */
 #define Q4K_TOK 8
-_Static_assert(sizeof(moe_q8a) == 40, "the Q4_K kernel gathers d and s of 8 activation blocks 10 floats apart");
+#define Q4K_MAXSB 128 /* rows of up to 32768 values take the table; longer ones the ref */
 #define Q4K_BODY(DOT)                                                                                                  \
     const int64_t nb = w->in / 32, nsb = nb / 8;                                                                       \
-    const __m256i lo4 = _mm256_set1_epi8(0x0F), vidx = _mm256_setr_epi32(0, 10, 20, 30, 40, 50, 60, 70);            \
+    if (nsb > Q4K_MAXSB) {                                                                                             \
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);                                                               \
+        return;                                                                                                        \
+    }                                                                                                                  \
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);                                                                        \
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));                                     \
-    for (int64_t o = o0; o < o1; o++) {                                                                                \
-        const uint8_t *row = w->data + (size_t)o * w->row_bytes;                                                       \
-        for (int64_t t0 = 0; t0 < T; t0 += Q4K_TOK) {                                                                  \
-            const int nt = T - t0 < Q4K_TOK ? (int)(T - t0) : Q4K_TOK;                                                 \
+    float tab[Q4K_TOK * Q4K_MAXSB * 16];                                                                               \
+    for (int64_t t0 = 0; t0 < T; t0 += Q4K_TOK) {                                                                      \
+        const int nt = T - t0 < Q4K_TOK ? (int)(T - t0) : Q4K_TOK;                                                     \
+        for (int k = 0; k < nt; k++)                                                                                   \
+            for (int64_t b = 0; b < nb; b++) {                                                                         \
+                const moe_q8a *a = xq + (t0 + k) * nb + b;                                                             \
+                float *e = tab + ((size_t)k * (size_t)nsb + (size_t)(b / 8)) * 16 + (b % 8);                           \
+                e[0] = a->d;                                                                                           \
+                e[8] = (float)a->s; /* |Σq| <= 4064: exact */                                                          \
+            }                                                                                                          \
+        for (int64_t o = o0; o < o1; o++) {                                                                            \
+            const uint8_t *row = w->data + (size_t)o * w->row_bytes;                                                   \
             __m256 acc[Q4K_TOK];                                                                                       \
             _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) acc[k] = _mm256_setzero_ps();                   \
             for (int64_t sb = 0; sb < nsb; sb++) {                                                                     \
@@ -408,19 +423,20 @@ _Static_assert(sizeof(moe_q8a) == 40, "the Q4_K kernel gathers d and s of 8 acti
                 const __m256 d1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hd)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8))); \
                 const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)));  \
                 __m256i nib[8];                                                                                        \
-                for (int g = 0; g < 4; g++) {                                                                          \
-                    const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * g));                        \
+                _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {                                                  \
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16 + 32 * g));          \
                     nib[2 * g] = _mm256_and_si256(q, lo4);                                                             \
                     nib[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo4);                                   \
                 }                                                                                                      \
                 _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                            \
                     if (k >= nt) break;                                                                                \
                     const moe_q8a *a = xq + (t0 + k) * nb + sb * 8;                                                    \
+                    const float *e = tab + ((size_t)k * (size_t)nsb + (size_t)sb) * 16;                                \
                     __m256i p[8];                                                                                      \
-                    for (int j = 0; j < 8; j++) p[j] = DOT(nib[j], _mm256_loadu_si256((const __m256i *)a[j].q));       \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++)                                                \
+                        p[j] = DOT(nib[j], _mm256_loadu_si256((const __m256i *)(const void *)a[j].q));                 \
                     const __m256i idot = reduce8(p);                                                                   \
-                    const __m256 dx = _mm256_i32gather_ps(&a[0].d, vidx, 4);                                           \
-                    const __m256 sx = _mm256_cvtepi32_ps(_mm256_i32gather_epi32(&a[0].s, vidx, 4));                   \
+                    const __m256 dx = _mm256_loadu_ps(e), sx = _mm256_loadu_ps(e + 8);                                 \
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot), _mm256_mul_ps(d1, dx), acc[k]);               \
                     acc[k] = _mm256_fmadd_ps(sx, _mm256_xor_ps(_mm256_mul_ps(m1, dx), sign), acc[k]);                \
                 }                                                                                                      \
