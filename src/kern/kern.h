@@ -111,8 +111,26 @@ static inline size_t moe_r16_woff(int64_t b) {
 static inline size_t moe_r16_soff(int64_t nb, int64_t b) {
     return (size_t)(b >> 1) * 1088 + ((b & 1) || b + 1 < nb ? 1024 + (size_t)(b & 1) * 32 : 512);
 }
-/* 1 when a view of this type and shape can be repacked (Q8_0, out a multiple of 16). */
+/* Q4_K repacked for the VNNI kernels ("Q4_K R16"), also never written to files. Rows come in
+ * groups of 16; each 256-value block of a group is 2304 bytes (16 × 144, so row_bytes stays
+ * 144·nsb and slices move as in the file):
+ *   [32: the 16 rows' d (F16)][32: their dmin]
+ *   [3 × 64: scale words; word k, lane j (4 bytes) = bytes 4k..4k+3 of row j's 12 scale bytes]
+ *   [4 × 8 × 64: nibbles; pair p (sub-blocks 2p, 2p+1), column c, lane j = bytes 4c..4c+3 of
+ *    row j's qs[32p .. 32p+32): low nibbles are sub-block 2p's values 4c..4c+3, high nibbles
+ *    sub-block 2p+1's]
+ * so the 6-bit scales of 16 rows unpack with the same word arithmetic as one row's (kscale.h),
+ * a column masked or shifted is the unsigned operand of vpdpbusd for 16 rows at once, and the
+ * 16 rows' sums sit in the lanes of a vector: no horizontal reduction. Every product gives the
+ * same bits as on the Q4_K original (the ref's eight running sums per row and their tree). */
+#define MOE_KTYPE_Q4_K_R16 0x100C
+#define MOE_Q4K_R16_BLOCK 2304
+/* 1 when a view of this type and shape can be repacked (Q8_0 with in a multiple of 32, Q4_K
+ * with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
+/* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */
+void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
 /* Groups [g0, g1) of a Q8_0 matrix (rows src_row_bytes apart) to R16 at dst (the matrix's start). */
 void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst);
@@ -120,7 +138,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * for the original row. */
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst);
 
-/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, R16, Q4_K). */
+/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, R16, Q4_K, Q4_K R16). */
 int moe_kern_mmq_supported(int type);
 /* Q4_K: one row (nsb 256-value blocks) against its activation blocks, the order every form
  * follows (kern_ref.c): per sub-block position an integer dot of the 4-bit values, then

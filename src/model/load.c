@@ -457,9 +457,9 @@ static moe_status bind_tensors(loader *l) {
     return MOE_OK;
 }
 
-/* ---- R16 repacking (kern.h): Q8_0 product weights into the VNNI kernels' layout ----
+/* ---- R16 repacking (kern.h): Q8_0 and Q4_K product weights into the VNNI kernels' layouts ----
  * Every product view (not the embedding table, which is read by rows) that points into a Q8_0
- * tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
+ * or Q4_K tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
  * a multiple of 16 rows and slice it at a multiple of 16 rows, and the tensor's rows are a
  * multiple of 16. The copy sits at the same byte offsets as in the file, so a view moves by
  * (its offset in the tensor) unchanged. Source pages of a file-backed model are released. */
@@ -488,10 +488,13 @@ static void rp_worker(void *arg, int ith, int nth) {
     int64_t g0 = j->total * ith / nth, g1 = j->total * (ith + 1) / nth, base = 0;
     for (int k = 0; k < j->n; k++) {
         const moe_gguf_tensor *t = j->ts[k].t;
-        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, t->ne[0]);
+        const size_t rb = moe_dtype_row_bytes(t->type, t->ne[0]);
         const int64_t ng = (int64_t)(t->nbytes / rb) / 16, a = g0 > base ? g0 - base : 0, b = g1 - base < ng ? g1 - base : ng;
         if (j->ts[k].ok && a < b) {
-            moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+            if (t->type == MOE_DTYPE_Q8_0)
+                moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+            else
+                moe_kern_repack_q4_k_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
             /* whole pages inside this range: a private read-only file mapping refaults them from the
              * file if anything reads them again, so peak memory stays near one copy of the model */
             const uint8_t *s0 = (const uint8_t *)t->data + (size_t)a * 16 * rb, *s1 = (const uint8_t *)t->data + (size_t)b * 16 * rb;
@@ -528,18 +531,18 @@ static moe_status repack(moe_model *m, int release_src) {
         for (size_t k = 0; k < sizeof sl / sizeof sl[0]; k++) v[nv++] = (rp_view){&sl[k]->w, sl[k]->stride};
     }
     v[nv++] = (rp_view){&m->output, 0};
-    /* the tensor of every Q8_0 view, and whether all its views allow R16 */
+    /* the tensor of every Q8_0 / Q4_K view, and whether all its views allow R16 */
     int64_t n_tensors = moe_gguf_n_tensors(m->g);
     for (size_t i = 0; i < nv; i++) {
         moe_wview *w = v[i].w;
-        if (!w->data || w->type != MOE_DTYPE_Q8_0) {
+        if (!w->data || (w->type != MOE_DTYPE_Q8_0 && w->type != MOE_DTYPE_Q4_K)) {
             v[i].w = NULL;
             continue;
         }
         const moe_gguf_tensor *t = NULL;
         for (int64_t k = 0; k < n_tensors && !t; k++) {
             const moe_gguf_tensor *c = moe_gguf_tensor_at(m->g, k);
-            if (c->type == MOE_DTYPE_Q8_0 && w->data >= (const uint8_t *)c->data && w->data < (const uint8_t *)c->data + c->nbytes)
+            if (c->type == w->type && w->data >= (const uint8_t *)c->data && w->data < (const uint8_t *)c->data + c->nbytes)
                 t = c;
         }
         if (!t) { /* not a tensor's bytes (cannot happen for bound views): leave it */
@@ -550,7 +553,7 @@ static moe_status repack(moe_model *m, int release_src) {
         while (k < nt && ts[k].t != t) k++;
         if (k == nt) ts[nt++] = (rp_tensor){t, 1, 0};
         const size_t g16 = 16 * w->row_bytes, rel = (size_t)(w->data - (const uint8_t *)t->data);
-        if (!moe_kern_can_repack(MOE_DTYPE_Q8_0, w->in, w->out) || w->row_bytes != moe_dtype_row_bytes(MOE_DTYPE_Q8_0, t->ne[0]) ||
+        if (!moe_kern_can_repack(t->type, w->in, w->out) || w->row_bytes != moe_dtype_row_bytes(t->type, t->ne[0]) ||
             rel % g16 || v[i].stride % g16 || t->nbytes % g16)
             ts[k].ok = 0;
     }
@@ -561,7 +564,7 @@ static moe_status repack(moe_model *m, int release_src) {
         if (!ts[k].ok) continue;
         ts[k].off = total;
         total += (ts[k].t->nbytes + 63) & ~(size_t)63;
-        groups += (int64_t)(ts[k].t->nbytes / (16 * moe_dtype_row_bytes(MOE_DTYPE_Q8_0, ts[k].t->ne[0])));
+        groups += (int64_t)(ts[k].t->nbytes / (16 * moe_dtype_row_bytes(ts[k].t->type, ts[k].t->ne[0])));
     }
     moe_status st = MOE_OK;
     if (total) {
@@ -593,7 +596,7 @@ static moe_status repack(moe_model *m, int release_src) {
                 const uint8_t *b = ts[k].t->data;
                 if (ts[k].ok && v[i].w->data >= b && v[i].w->data < b + ts[k].t->nbytes) {
                     v[i].w->data = m->packed + ts[k].off + (size_t)(v[i].w->data - b);
-                    v[i].w->type = MOE_KTYPE_Q8_0_R16;
+                    v[i].w->type = ts[k].t->type == MOE_DTYPE_Q8_0 ? MOE_KTYPE_Q8_0_R16 : MOE_KTYPE_Q4_K_R16;
                     break;
                 }
             }

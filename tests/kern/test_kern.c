@@ -289,6 +289,81 @@ static void test_mla_attn(void) {
            worst);
 }
 
+/* The Q4_K R16 layout (kern.h): every level's product on the repacked copy equals the Q4_K ref on
+ * the original bit for bit (T 1-9: pairs of tokens and a last one; rows cutting groups; random
+ * nibbles and 6-bit scales, a denormal and a large d, all-15 nibbles with the largest scales),
+ * as does moe_kern_dequant_wrow, and a matmul on a pool. */
+static void test_q4kr(void) {
+    enum { OUT = 112 };
+    static uint8_t wq[OUT * 1152], rp[OUT * 1152];
+    static float x[9 * 2048], y0[9 * OUT], y1[9 * OUT], d0[2048], d1[2048];
+    static moe_q8a r[9 * 64];
+    const int64_t ins[] = {256, 512, 2048};
+    const int Ts[] = {1, 2, 3, 4, 5, 9};
+    CHECK(moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 40) &&
+              !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48),
+          "can_repack: Q4_K with in a multiple of 256 and out a multiple of 16");
+    for (size_t ii = 0; ii < 3; ii++) {
+        const int64_t in = ins[ii], nsb = in / 256;
+        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
+        for (size_t i = 0; i < rb * OUT; i++) {
+            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+            wq[i] = (uint8_t)(g_s >> 56);
+        }
+        for (int64_t o = 0; o < OUT; o++)
+            for (int64_t b = 0; b < nsb; b++) {
+                uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 144;
+                for (int f = 0; f < 2; f++) { /* d, dmin; row 19 denormal, row 90 large */
+                    uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 30.0f : 0.001f));
+                    memcpy(blk + 2 * f, &h, 2);
+                }
+                if (o == 41 || o == 77) { /* every nibble 15, every 6-bit scale and min 63 */
+                    memset(blk + 4, 0xFF, 12);
+                    memset(blk + 16, 0xFF, 128);
+                }
+            }
+        memset(rp, 0xA5, sizeof rp);
+        moe_kern_repack_q4_k_r16(wq, rb, in, 0, 2, rp); /* two calls: groups are independent */
+        moe_kern_repack_q4_k_r16(wq, rb, in, 2, OUT / 16, rp);
+        moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q4_K_R16, in, OUT, rb};
+        int same = 1;
+        for (int64_t o = 0; o < OUT; o++) {
+            moe_dtype_dequant_row(MOE_DTYPE_Q4_K, wq + (size_t)o * rb, d0, in);
+            moe_kern_dequant_wrow(&wr, o, d1);
+            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
+        }
+        CHECK(same, "q4k r16 in=%lld: dequant_wrow differs from the Q4_K row", (long long)in);
+        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
+            const int T = Ts[q];
+            fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
+            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
+            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "q4k r16");
+            check_mmq_levels(&wr, r, T, y0, y1, 16, 96, 0, "q4k r16");
+        }
+    }
+    /* through moe_kern_matmul on a pool (wq and rp still hold the in = 2048 matrix) */
+    moe_pool *pool = moe_pool_init(3);
+    const int64_t in = 2048;
+    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
+    moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q4_K_R16, in, OUT, rb};
+    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 9 * 64};
+    fill_x(x, 5 * in, 0);
+    for (int int8 = 1; int8 >= 0; int8--) {
+        moe_kern_set_int8(int8);
+        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
+        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
+        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "q4k r16 matmul (int8 %d) differs from Q4_K", int8);
+    }
+    moe_kern_set_int8(1);
+    free(scratch);
+    moe_pool_free(pool);
+    printf("q4k r16: repacked Q4_K bit-identical to the Q4_K ref at levels %d..0 (in 256/512/2048, T 1-9, cut groups, "
+           "dequant, matmul)\n",
+           moe_kern_level());
+}
+
 /* The R16 repacked layout (kern.h): every level's product on the repacked copy equals the ref on
  * the Q8_0 original bit for bit (T 1..31: the register tiles of quads of groups (1..3 tokens),
  * pairs (1..6) and single groups (1..16), their tails; row ranges cutting groups, with 7 whole
@@ -662,6 +737,7 @@ int main(void) {
 
     test_w8a8();
     test_r16();
+    test_q4kr();
     test_mla_attn();
     test_set();
     test_kquants();

@@ -594,6 +594,112 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
     }
     if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
+
+/* Q4_K R16 (kern.h): 16 rows in the lanes of a zmm. Per 256-value block: the 16 rows' d and
+ * dmin as floats, their 6-bit scales and mins unpacked from three words with moe_kscale8's
+ * arithmetic lane-wise; per pair of sub-blocks 8 columns, each masked (low nibbles: sub-block
+ * 2p) and shifted (high: 2p+1) into vpdpbusd's unsigned operand against the token's broadcast
+ * activation dword; then per sub-block j the ref's two fmas into running sum j (8 per token,
+ * as moe_kern_q4k_dot_ref keeps them), and the ref's tree at the end. NT ≤ 2 tokens per pass
+ * (16 float sums); more tokens run in passes over the group's row, which stays in L1/L2. Each
+ * block prefetches the block after it (36 lines, 2.3 KB on). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
+    const int64_t nsb = nb / 8;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), mff = _mm512_set1_epi32(0xFF);
+    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    __m512 acc[2][8];
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            if (k < NT) acc[k][j] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = g + (size_t)sb * MOE_Q4K_R16_BLOCK;
+        for (int c = 0; c < 36; c++) _mm_prefetch((const char *)blk + MOE_Q4K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
+        const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
+        /* moe_kscale8, lane-wise: byte j of sc[j / 4] / mn[j / 4] is sub-block j's scale / min */
+        const __m512i sc[2] = {_mm512_and_si512(w0, k3f),
+                               _mm512_or_si512(_mm512_and_si512(w2, k0f), _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30))};
+        const __m512i mn[2] = {_mm512_and_si512(w1, k3f), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
+                                                                          _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30))};
+        const moe_q8a *xb = xq + sb * 8;
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            /* integer sums per (token, sub-block); one token splits each over two chains (columns
+             * 0-3 and 4-7, added after: exact) to hide the vpdpbusd latency */
+            __m512i i0[2], i1[2], i0b = _mm512_setzero_si512(), i1b = i0b;
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++)
+                if (k < NT) i0[k] = i1[k] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                const __m512i q = _mm512_loadu_si512(blk + 256 + 512 * p + 64 * c);
+                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++)
+                    if (k < NT) {
+                        const moe_q8a *a = xb + k * nb + 2 * p;
+                        const __m512i x0 = _mm512_set1_epi32(((const int32_t *)(const void *)a[0].q)[c]);
+                        const __m512i x1 = _mm512_set1_epi32(((const int32_t *)(const void *)a[1].q)[c]);
+                        if (NT == 1 && c >= 4) {
+                            i0b = _mm512_dpbusd_epi32(i0b, lo, x0);
+                            i1b = _mm512_dpbusd_epi32(i1b, hi, x1);
+                        } else {
+                            i0[k] = _mm512_dpbusd_epi32(i0[k], lo, x0);
+                            i1[k] = _mm512_dpbusd_epi32(i1[k], hi, x1);
+                        }
+                    }
+            }
+            if (NT == 1) {
+                i0[0] = _mm512_add_epi32(i0[0], i0b);
+                i1[0] = _mm512_add_epi32(i1[0], i1b);
+            }
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const int j = 2 * p + h;
+                const __m512 d1 = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(sc[j / 4], 8 * (j % 4)), mff)));
+                const __m512 m1 = _mm512_mul_ps(mv, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(mn[j / 4], 8 * (j % 4)), mff)));
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++)
+                    if (k < NT) {
+                        const moe_q8a *a = xb + k * nb + j;
+                        const __m512 dx = _mm512_set1_ps(a->d);
+                        acc[k][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(h ? i1[k] : i0[k]), _mm512_mul_ps(d1, dx), acc[k][j]);
+                        acc[k][j] = _mm512_fmadd_ps(_mm512_set1_ps((float)a->s), _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(_mm512_mul_ps(m1, dx)), sign)), acc[k][j]);
+                    }
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT) {
+            const __m512 *a = acc[k];
+            _mm512_storeu_ps(y + k * ldy, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                                                        _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]))));
+        }
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32, nsb = nb / 8;
+    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
+    if (a >= e) {
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    for (int64_t o = a; o < e; o += 16) {
+        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q4K_R16_BLOCK;
+        int64_t t = 0;
+        for (; t + 2 <= T; t += 2) q4kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy);
+        if (t < T) q4kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy);
+    }
+    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
+}
 #endif /* MOE_X86 */
 
 #if defined(__aarch64__)
@@ -674,12 +780,19 @@ void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
 
 typedef void (*mmq_fn)(const moe_wview *, const moe_q8a *, int64_t, float *, int64_t, int64_t, int64_t);
 
-/* The SIMD form for a weight type at a level, or NULL for the ref. R16 exists only where VNNI
- * runs (other levels read it through the ref); NEON covers Q8_0 and Q4_0. */
+/* The SIMD form for a weight type at a level, or NULL for the ref. The R16 layouts exist only
+ * where VNNI runs (other levels read them through the ref); NEON covers Q8_0 and Q4_0. */
 static mmq_fn mmq_form(int type, int level) {
 #ifdef MOE_X86
-    if (level == 2) return type == MOE_DTYPE_Q4_K ? q4k_vnni : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni : mmq_vnni;
-    if (level == 1) return type == MOE_DTYPE_Q4_K ? q4k_avx2 : type == MOE_KTYPE_Q8_0_R16 ? NULL : mmq_avx2;
+    if (level == 2)
+        return type == MOE_DTYPE_Q4_K       ? q4k_vnni
+               : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
+               : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
+                                            : mmq_vnni;
+    if (level == 1)
+        return type == MOE_DTYPE_Q4_K                                         ? q4k_avx2
+               : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 ? NULL
+                                                                              : mmq_avx2;
 #endif
 #if defined(__aarch64__)
     if (level == 3 && (type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0)) return mmq_neon;

@@ -131,38 +131,74 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
-           type == MOE_DTYPE_Q4_K;
+           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
  * min m, spec gguf.md §9.6-9.7) against activation block 8·sb + j:
  *   acc[j] = fmaf(idot, (d·sc)·dx, acc[j]); acc[j] = fmaf(Σq, −((dmin·m)·dx), acc[j])
  * one running sum per sub-block position j, then ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
+static void q4k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
+    const uint8_t *sc = blk + 4;
+    const float d = f16(blk), dmin = f16(blk + 2);
+    for (int j = 0; j < 8; j++) {
+        int scj, mj;
+        moe_kscale(j, sc, &scj, &mj);
+        const uint8_t *q = blk + 16 + 32 * (j / 2);
+        const int sh = 4 * (j & 1);
+        const moe_q8a *x = a + j;
+        int32_t idot = 0;
+        for (int l = 0; l < 32; l++) idot += ((q[l] >> sh) & 15) * x->q[l];
+        const float d1 = d * (float)scj, m1 = dmin * (float)mj;
+        acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
+        acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
+    }
+}
+
+static float q4k_tree(const float acc[8]) {
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = row + (size_t)sb * 144, *sc = blk + 4;
-        const float d = f16(blk), dmin = f16(blk + 2);
-        for (int j = 0; j < 8; j++) {
-            int scj, mj;
-            moe_kscale(j, sc, &scj, &mj);
-            const uint8_t *q = blk + 16 + 32 * (j / 2);
-            const int sh = 4 * (j & 1);
-            const moe_q8a *x = a + sb * 8 + j;
-            int32_t idot = 0;
-            for (int l = 0; l < 32; l++) idot += ((q[l] >> sh) & 15) * x->q[l];
-            const float d1 = d * (float)scj, m1 = dmin * (float)mj;
-            acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
-            acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
-        }
-    }
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (int64_t sb = 0; sb < nsb; sb++) q4k_block_acc(row + (size_t)sb * 144, a + sb * 8, acc);
+    return q4k_tree(acc);
 }
 
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    return type == MOE_DTYPE_Q8_0 && in > 0 && in % 32 == 0 && out > 0 && out % 16 == 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 ? 32 : type == MOE_DTYPE_Q4_K ? 256 : 0;
+    return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
+}
+
+void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    const int64_t nsb = in / 256;
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            uint8_t *o = dst + ((size_t)g * (size_t)nsb + (size_t)sb) * MOE_Q4K_R16_BLOCK;
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)sb * 144;
+                memcpy(o + 2 * j, blk, 2);          /* d */
+                memcpy(o + 32 + 2 * j, blk + 2, 2); /* dmin */
+                for (int k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * j, blk + 4 + 4 * k, 4);
+                for (int p = 0; p < 4; p++)
+                    for (int c = 0; c < 8; c++) memcpy(o + 256 + 512 * p + 64 * c + 4 * j, blk + 16 + 32 * p + 4 * c, 4);
+            }
+        }
+}
+
+/* row o's 256-value block sb of a Q4_K R16 view back in Q4_K form (144 bytes) */
+static void q4kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t blk[144]) {
+    const int64_t nsb = w->in / 256;
+    const uint8_t *b = w->data + ((size_t)(o / 16) * (size_t)nsb + (size_t)sb) * MOE_Q4K_R16_BLOCK;
+    const int j = (int)(o % 16);
+    memcpy(blk, b + 2 * j, 2);
+    memcpy(blk + 2, b + 32 + 2 * j, 2);
+    for (int k = 0; k < 3; k++) memcpy(blk + 4 + 4 * k, b + 64 + 64 * k + 4 * j, 4);
+    for (int p = 0; p < 4; p++)
+        for (int c = 0; c < 8; c++) memcpy(blk + 16 + 32 * p + 4 * c, b + 256 + 512 * p + 64 * c + 4 * j, 4);
 }
 
 void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -201,6 +237,14 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 }
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
+    if (w->type == MOE_KTYPE_Q4_K_R16) {
+        uint8_t blk[144];
+        for (int64_t sb = 0; sb < w->in / 256; sb++) {
+            q4kr_block(w, o, sb, blk);
+            moe_kern_dequant_row(MOE_DTYPE_Q4_K, blk, dst + 256 * sb, 256);
+        }
+        return;
+    }
     if (w->type != MOE_KTYPE_Q8_0_R16) {
         moe_kern_dequant_row(w->type, w->data + (size_t)o * w->row_bytes, dst, w->in);
         return;
@@ -219,6 +263,19 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
         for (int64_t o = o0; o < o1; o++)
             for (int64_t t = 0; t < T; t++)
                 y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
+        return;
+    }
+    if (w->type == MOE_KTYPE_Q4_K_R16) {
+        uint8_t blk[144];
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t t = 0; t < T; t++) {
+                float acc[8] = {0};
+                for (int64_t sb = 0; sb < nb / 8; sb++) {
+                    q4kr_block(w, o, sb, blk);
+                    q4k_block_acc(blk, xq + t * nb + sb * 8, acc);
+                }
+                y[t * ldy + o] = q4k_tree(acc);
+            }
         return;
     }
     const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : w->type == MOE_DTYPE_Q5_0 ? 22 : 34;
