@@ -125,8 +125,26 @@ static inline size_t moe_r16_soff(int64_t nb, int64_t b) {
  * same bits as on the Q4_K original (the ref's eight running sums per row and their tree). */
 #define MOE_KTYPE_Q4_K_R16 0x100C
 #define MOE_Q4K_R16_BLOCK 2304
-/* 1 when a view of this type and shape can be repacked (Q8_0 with in a multiple of 32, Q4_K
- * with in a multiple of 256; out a multiple of 16). */
+/* Q5_0 repacked for the VNNI kernels ("Q5_0 R16"), never written to files: groups of 16 rows;
+ * each 32-value block of a group is 352 bytes (16 × 22, so row_bytes stays 22·nb):
+ *   [32: the 16 rows' d (F16)][64: high bits, lane j = row j's qh permuted][4 × 64: nibbles,
+ *    column c, lane j = bytes 4c..4c+3 of row j's qs (low nibbles: values 4c..4c+3, high
+ *    nibbles: values 16+4c..16+4c+3)]
+ * The permuted qh puts the high bit of column c's byte k at bit 8k + c (low nibbles) and
+ * 8k + 4 + c (high nibbles), i.e. original bit 4c + k or 16 + 4c + k: one shift and one mask
+ * bring it to bit 4 of byte k, where it completes the unsigned 5-bit value (w + 16) for
+ * vpdpbusd; the running sum starts at −16·Σx. Same bits as on the Q5_0 original. */
+#define MOE_KTYPE_Q5_0_R16 0x1006
+/* original qh bit of permuted bit p = 8k + m (m < 4: low nibbles of column m; else high of m − 4) */
+static inline int moe_q5r_qh_bit(int p) {
+    const int k = p / 8, m = p % 8;
+    return m < 4 ? 4 * m + k : 16 + 4 * (m - 4) + k;
+}
+/* Groups [g0, g1) of a Q5_0 matrix (rows src_row_bytes apart) to Q5_0 R16 at dst. */
+void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
+/* 1 when a view of this type and shape can be repacked (Q8_0 and Q5_0 with in a multiple of 32,
+ * Q4_K with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */
 void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -138,7 +156,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * for the original row. */
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst);
 
-/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, R16, Q4_K, Q4_K R16). */
+/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, Q4_K and their R16 forms). */
 int moe_kern_mmq_supported(int type);
 /* Q4_K: one row (nsb 256-value blocks) against its activation blocks, the order every form
  * follows (kern_ref.c): per sub-block position an integer dot of the 4-bit values, then

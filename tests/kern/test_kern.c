@@ -289,6 +289,77 @@ static void test_mla_attn(void) {
            worst);
 }
 
+/* The Q5_0 R16 layout (kern.h): every level's product on the repacked copy equals the Q5_0 ref on
+ * the original bit for bit (T 1-13: tiles of up to 6 tokens; rows cutting groups; random
+ * nibbles and high bits, a denormal and a large d, rows of all +15 and all −16), as does
+ * moe_kern_dequant_wrow, and a matmul on a pool; the qh permutation is a permutation. */
+static void test_q5r(void) {
+    enum { OUT = 112 };
+    static uint8_t wq[OUT * 1408], rp[OUT * 1408];
+    static float x[13 * 2048], y0[13 * OUT], y1[13 * OUT], d0[2048], d1[2048];
+    static moe_q8a r[13 * 64];
+    const int64_t ins[] = {32, 96, 1408, 2048};
+    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 9, 13};
+    uint32_t seen = 0;
+    for (int q = 0; q < 32; q++) seen |= 1u << moe_q5r_qh_bit(q);
+    CHECK(seen == 0xFFFFFFFFu, "q5_0 r16: the qh permutation misses bits (%08x)", seen);
+    CHECK(moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) && !moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 40),
+          "can_repack: Q5_0 with out a multiple of 16");
+    for (size_t ii = 0; ii < 4; ii++) {
+        const int64_t in = ins[ii], nb = in / 32;
+        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q5_0, in);
+        for (size_t i = 0; i < rb * OUT; i++) {
+            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+            wq[i] = (uint8_t)(g_s >> 56);
+        }
+        for (int64_t o = 0; o < OUT; o++)
+            for (int64_t b = 0; b < nb; b++) {
+                uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 22;
+                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 2e4f : 0.01f));
+                memcpy(blk, &h, 2);
+                if (o == 5 || o == 70) memset(blk + 2, 0xFF, 20); /* every value +15 */
+                if (o == 21 || o == 101) memset(blk + 2, 0x00, 20); /* every value -16 */
+            }
+        memset(rp, 0xA5, sizeof rp);
+        moe_kern_repack_q5_0_r16(wq, rb, in, 0, 3, rp); /* two calls: groups are independent */
+        moe_kern_repack_q5_0_r16(wq, rb, in, 3, OUT / 16, rp);
+        moe_wview w = {wq, MOE_DTYPE_Q5_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q5_0_R16, in, OUT, rb};
+        int same = 1;
+        for (int64_t o = 0; o < OUT; o++) {
+            moe_dtype_dequant_row(MOE_DTYPE_Q5_0, wq + (size_t)o * rb, d0, in);
+            moe_kern_dequant_wrow(&wr, o, d1);
+            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
+        }
+        CHECK(same, "q5_0 r16 in=%lld: dequant_wrow differs from the Q5_0 row", (long long)in);
+        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
+            const int T = Ts[q];
+            fill_x(x, T * in, (int)(q + ii) % 5);
+            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
+            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "q5_0 r16");
+        }
+    }
+    moe_pool *pool = moe_pool_init(3);
+    const int64_t in = 2048;
+    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q5_0, in);
+    moe_wview w = {wq, MOE_DTYPE_Q5_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q5_0_R16, in, OUT, rb};
+    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 13 * 64};
+    fill_x(x, 5 * in, 0);
+    for (int int8 = 1; int8 >= 0; int8--) {
+        moe_kern_set_int8(int8);
+        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
+        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
+        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "q5_0 r16 matmul (int8 %d) differs from Q5_0", int8);
+    }
+    moe_kern_set_int8(1);
+    free(scratch);
+    moe_pool_free(pool);
+    printf("q5_0 r16: repacked Q5_0 bit-identical to the Q5_0 ref at levels %d..0 (in 32/96/1408/2048, T 1-13, cut groups, "
+           "dequant, matmul)\n",
+           moe_kern_level());
+}
+
 /* The Q4_K R16 layout (kern.h): every level's product on the repacked copy equals the Q4_K ref on
  * the original bit for bit (T 1-9: pairs of tokens and a last one; rows cutting groups; random
  * nibbles and 6-bit scales, a denormal and a large d, all-15 nibbles with the largest scales),
@@ -738,6 +809,7 @@ int main(void) {
     test_w8a8();
     test_r16();
     test_q4kr();
+    test_q5r();
     test_mla_attn();
     test_set();
     test_kquants();

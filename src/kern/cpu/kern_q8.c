@@ -700,6 +700,83 @@ q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ld
     }
     if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
+
+/* Q5_0 R16 (kern.h): 16 rows in the lanes. Per 32-value block and column c: the nibbles masked
+ * and shifted, the high bits of the permuted qh shifted to bit 4 of each byte (left by 4 − c for
+ * the low nibbles, right by c for the high ones) and or-ed in: two vectors of w + 16 for
+ * vpdpbusd against the token's broadcast dwords c and 4 + c. Two chains per token (low and
+ * high halves, the first starting at −16·Σx), NT ≤ 6 tokens per pass; then the ref's one fma per
+ * block. Each block prefetches the block six ahead (~2 KB). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
+    __m512 acc[6];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++)
+        if (k < NT) acc[k] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = g + (size_t)b * 352;
+        for (int l = 0; l < 6; l++) _mm_prefetch((const char *)blk + 6 * 352 + 64 * l, _MM_HINT_T0);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+        const __m512i hq = _mm512_loadu_si512(blk + 32);
+        __m512i sl[6], sh[6];
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++)
+            if (k < NT) {
+                sl[k] = _mm512_set1_epi32(-16 * xq[k * nb + b].s);
+                sh[k] = _mm512_setzero_si512();
+            }
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m512i q = _mm512_loadu_si512(blk + 96 + 64 * c);
+            const __m512i ul = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi32(hq, 4 - c), m10));
+            const __m512i uh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), _mm512_and_si512(_mm512_srli_epi32(hq, c), m10));
+#pragma GCC unroll 6
+            for (int k = 0; k < 6; k++)
+                if (k < NT) {
+                    const int32_t *xd = (const int32_t *)(const void *)xq[k * nb + b].q;
+                    sl[k] = _mm512_dpbusd_epi32(sl[k], ul, _mm512_set1_epi32(xd[c]));
+                    sh[k] = _mm512_dpbusd_epi32(sh[k], uh, _mm512_set1_epi32(xd[4 + c]));
+                }
+        }
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++)
+            if (k < NT)
+                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sl[k], sh[k])), _mm512_mul_ps(dw, _mm512_set1_ps(xq[k * nb + b].d)),
+                                         acc[k]);
+    }
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++)
+        if (k < NT) _mm512_storeu_ps(y + k * ldy, acc[k]);
+}
+
+#define Q5R_CASE(n)                                                                                                    \
+    case n: q5r_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy); break;
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32, ntile = (T + 5) / 6;
+    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
+    if (a >= e) {
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    for (int64_t o = a; o < e; o += 16) {
+        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 352;
+        for (int64_t i = 0; i < ntile; i++) { /* tiles of near-equal size, at most 6 */
+            const int64_t t0 = T * i / ntile;
+            switch ((int)(T * (i + 1) / ntile - t0)) {
+            Q5R_CASE(6)
+            Q5R_CASE(5)
+            Q5R_CASE(4)
+            Q5R_CASE(3)
+            Q5R_CASE(2)
+            Q5R_CASE(1)
+            }
+        }
+    }
+    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
+}
 #endif /* MOE_X86 */
 
 #if defined(__aarch64__)
@@ -788,10 +865,11 @@ static mmq_fn mmq_form(int type, int level) {
         return type == MOE_DTYPE_Q4_K       ? q4k_vnni
                : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
                : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
+               : type == MOE_KTYPE_Q5_0_R16 ? q5r_vnni
                                             : mmq_vnni;
     if (level == 1)
         return type == MOE_DTYPE_Q4_K                                         ? q4k_avx2
-               : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 ? NULL
+               : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ? NULL
                                                                               : mmq_avx2;
 #endif
 #if defined(__aarch64__)

@@ -131,7 +131,7 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
-           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16;
+           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -168,7 +168,7 @@ float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    const int64_t blk = type == MOE_DTYPE_Q8_0 ? 32 : type == MOE_DTYPE_Q4_K ? 256 : 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K ? 256 : 0;
     return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
 }
 
@@ -187,6 +187,37 @@ void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
                     for (int c = 0; c < 8; c++) memcpy(o + 256 + 512 * p + 64 * c + 4 * j, blk + 16 + 32 * p + 4 * c, 4);
             }
         }
+}
+
+void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    const int64_t nb = in / 32;
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * 352;
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * 22;
+                const uint32_t h = (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24;
+                uint32_t hp = 0;
+                for (int q = 0; q < 32; q++) hp |= ((h >> moe_q5r_qh_bit(q)) & 1u) << q;
+                memcpy(o + 2 * j, blk, 2);
+                for (int k = 0; k < 4; k++) o[32 + 4 * j + k] = (uint8_t)(hp >> (8 * k));
+                for (int c = 0; c < 4; c++) memcpy(o + 96 + 64 * c + 4 * j, blk + 6 + 4 * c, 4);
+            }
+        }
+}
+
+/* row o's block b of a Q5_0 R16 view back in Q5_0 form (22 bytes) */
+static void q5r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[22]) {
+    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * 352;
+    const int j = (int)(o % 16);
+    const uint32_t hp = (uint32_t)g[32 + 4 * j] | (uint32_t)g[33 + 4 * j] << 8 | (uint32_t)g[34 + 4 * j] << 16 |
+                        (uint32_t)g[35 + 4 * j] << 24;
+    uint32_t h = 0;
+    for (int q = 0; q < 32; q++) h |= ((hp >> q) & 1u) << moe_q5r_qh_bit(q);
+    memcpy(blk, g + 2 * j, 2);
+    for (int k = 0; k < 4; k++) blk[2 + k] = (uint8_t)(h >> (8 * k));
+    for (int c = 0; c < 4; c++) memcpy(blk + 6 + 4 * c, g + 96 + 64 * c + 4 * j, 4);
 }
 
 /* row o's 256-value block sb of a Q4_K R16 view back in Q4_K form (144 bytes) */
@@ -245,6 +276,14 @@ void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
         }
         return;
     }
+    if (w->type == MOE_KTYPE_Q5_0_R16) {
+        uint8_t blk[22];
+        for (int64_t b = 0; b < w->in / 32; b++) {
+            q5r_block(w, o, b, blk);
+            moe_kern_dequant_row(MOE_DTYPE_Q5_0, blk, dst + 32 * b, 32);
+        }
+        return;
+    }
     if (w->type != MOE_KTYPE_Q8_0_R16) {
         moe_kern_dequant_row(w->type, w->data + (size_t)o * w->row_bytes, dst, w->in);
         return;
@@ -278,7 +317,8 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             }
         return;
     }
-    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : w->type == MOE_DTYPE_Q5_0 ? 22 : 34;
+    const int q5r = w->type == MOE_KTYPE_Q5_0_R16, q5 = w->type == MOE_DTYPE_Q5_0 || q5r;
+    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : q5 ? 22 : 34;
     const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
     uint8_t blk[34];
     for (int64_t o = o0; o < o1; o++) {
@@ -291,10 +331,11 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                 if (r16) {
                     r16_block(w, o, b, blk);
                     wb = blk;
+                } else if (q5r) {
+                    q5r_block(w, o, b, blk);
+                    wb = blk;
                 }
-                int32_t d = w->type == MOE_DTYPE_Q4_0   ? idot_q4_0(wb, a + b)
-                            : w->type == MOE_DTYPE_Q5_0 ? idot_q5_0(wb, a + b)
-                                                        : idot_q8_0(wb, a + b);
+                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b) : q5 ? idot_q5_0(wb, a + b) : idot_q8_0(wb, a + b);
                 acc = fmaf((float)d, f16(wb) * a[b].d, acc);
             }
             y[t * ldy + o] = acc;
