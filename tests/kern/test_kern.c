@@ -184,6 +184,53 @@ static void test_w8a8(void) {
                top, worst);
         CHECK(worst < 1e-5, "mmq q4_k ref vs float64: %.3e", worst);
     }
+    /* Q6_K: random 256-value blocks (every 6-bit value, int8 scales including -128 and 127), each
+     * level bit for bit against the ref, and the ref against float64 on the dequantized row */
+    {
+        const int64_t kins[] = {256, 512, 2048}, OUT = 45;
+        double worst = 0;
+        for (size_t ii = 0; ii < 3; ii++) {
+            const int64_t in = kins[ii];
+            const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q6_K, in);
+            for (size_t i = 0; i < rb * (size_t)OUT; i++) {
+                g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+                wq[i] = (uint8_t)(g_s >> 56);
+            }
+            for (int64_t o = 0; o < OUT; o++)
+                for (int64_t b = 0; b < in / 256; b++) { /* d; row 3 denormal; rows 7 and 8 the extreme scales */
+                    uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 210;
+                    uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.001f));
+                    memcpy(blk + 208, &h, 2);
+                    if (o == 7 || o == 8) memset(blk + 192, o == 7 ? 0x80 : 0x7F, 16);
+                    if (o == 8) memset(blk, 0xFF, 192); /* every value 63 */
+                }
+            moe_wview w = {wq, MOE_DTYPE_Q6_K, in, OUT, rb};
+            static float row[2048];
+            for (size_t q = 0; q < 5; q++) {
+                const int T = Ts[q];
+                fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
+                for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
+                moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+                for (int64_t o = 0; o < OUT; o++) {
+                    moe_dtype_dequant_row(MOE_DTYPE_Q6_K, wq + (size_t)o * rb, row, in);
+                    for (int tt = 0; tt < T; tt++) {
+                        double e = 0, sc = 0;
+                        for (int64_t i = 0; i < in; i++) {
+                            const moe_q8a *b = r + tt * (in / 32) + i / 32;
+                            const double v = (double)row[i] * (double)b->d * b->q[i % 32];
+                            e += v;
+                            sc += fabs(v);
+                        }
+                        if (sc > 0) worst = fmax(worst, fabs(e - y0[tt * OUT + o]) / sc);
+                    }
+                }
+                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, "mmq q6_k");
+            }
+        }
+        printf("mmq q6_k: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
+               top, worst);
+        CHECK(worst < 1e-5, "mmq q6_k ref vs float64: %.3e", worst);
+    }
     /* matmul with W8A8: threads do not change results, and it equals quant_act + mmq_rows */
     moe_pool *pool = moe_pool_init(3);
     const int64_t IN = 256, OUT = 100, T = 7;

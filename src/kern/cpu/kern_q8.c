@@ -450,6 +450,70 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
         }                                                                                                              \
     }
 
+/* Q6_K (kern.h, moe_kern_q6k_dot_ref): one row at a time, up to 8 tokens per pass. Per 256-value
+ * block: the 8 activation blocks' 6-bit values u assembled once (ymm of 32 u8: a ql nibble or-ed
+ * with two qh bits at bits 4-5), each block's two int8 scales as an 8-lane vector; per token
+ * and block one dot of u and one of the constant 32 (the −32 offset, per 4 values), their
+ * difference times the scales, the 8 blocks' lanes summed into one lane each (reduce8), and
+ * the ref's fma per block position on 8 lanes at once. */
+#define Q6K_BODY(DOT)                                                                                                  \
+    const int64_t nb = w->in / 32, nsb = nb / 8;                                                                       \
+    if (nsb > Q4K_MAXSB) {                                                                                             \
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);                                                               \
+        return;                                                                                                        \
+    }                                                                                                                  \
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), k32 = _mm256_set1_epi8(32);            \
+    float tab[Q4K_TOK * Q4K_MAXSB * 8];                                                                                \
+    for (int64_t t0 = 0; t0 < T; t0 += Q4K_TOK) {                                                                      \
+        const int nt = T - t0 < Q4K_TOK ? (int)(T - t0) : Q4K_TOK;                                                     \
+        for (int k = 0; k < nt; k++)                                                                                   \
+            for (int64_t b = 0; b < nb; b++) tab[(size_t)k * (size_t)nb + (size_t)b] = xq[(t0 + k) * nb + b].d;       \
+        for (int64_t o = o0; o < o1; o++) {                                                                            \
+            const uint8_t *row = w->data + (size_t)o * w->row_bytes;                                                   \
+            __m256 acc[Q4K_TOK];                                                                                       \
+            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) acc[k] = _mm256_setzero_ps();                   \
+            for (int64_t sb = 0; sb < nsb; sb++) {                                                                     \
+                const uint8_t *blk = row + (size_t)sb * 210, *ql = blk, *qh = blk + 128;                               \
+                uint16_t hd;                                                                                           \
+                memcpy(&hd, blk + 208, 2);                                                                             \
+                const __m256 dv = _mm256_set1_ps(_cvtsh_ss(hd));                                                       \
+                __m256i u[8], sv[8];                                                                                   \
+                _Pragma("GCC unroll 2") for (int n = 0; n < 2; n++) {                                                  \
+                    const __m256i s8 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 192 + 8 * n))); \
+                    const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)(qh + 32 * n));                \
+                    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 64 * n));               \
+                    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 64 * n + 32));          \
+                    u[4 * n + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30)); \
+                    u[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30)); \
+                    u[4 * n + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30)); \
+                    u[4 * n + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),                    \
+                                                   _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));                   \
+                    _Pragma("GCC unroll 4") for (int m = 0; m < 4; m++)                                                \
+                        sv[4 * n + m] = _mm256_permutevar8x32_epi32(                                                   \
+                            s8, _mm256_setr_epi32(2 * m, 2 * m, 2 * m, 2 * m, 2 * m + 1, 2 * m + 1, 2 * m + 1, 2 * m + 1)); \
+                }                                                                                                      \
+                _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                            \
+                    if (k >= nt) break;                                                                                \
+                    const moe_q8a *a = xq + (t0 + k) * nb + sb * 8;                                                    \
+                    __m256i p[8];                                                                                      \
+                    _Pragma("GCC unroll 8") for (int j = 0; j < 8; j++) {                                              \
+                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)a[j].q);                  \
+                        p[j] = _mm256_mullo_epi32(_mm256_sub_epi32(DOT(u[j], xv), DOT(k32, xv)), sv[j]);               \
+                    }                                                                                                  \
+                    const __m256i isum = reduce8(p);                                                                   \
+                    const __m256 dx = _mm256_loadu_ps(tab + (size_t)k * (size_t)nb + (size_t)sb * 8);                  \
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, dx), acc[k]);                \
+                }                                                                                                      \
+            }                                                                                                          \
+            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                                \
+                if (k >= nt) break;                                                                                    \
+                const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[k]), _mm256_extractf128_ps(acc[k], 1));         \
+                const __m128 hh = _mm_add_ps(v, _mm_movehl_ps(v, v)); /* (a0+a4)+(a2+a6), (a1+a5)+(a3+a7) */          \
+                y[(t0 + k) * ldy + o] = _mm_cvtss_f32(_mm_add_ss(hh, _mm_shuffle_ps(hh, hh, 1)));                      \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+
 #define DOT_VNNI(w8, x8) _mm256_dpbusd_epi32(_mm256_setzero_si256(), w8, x8)
 #define DOT_AVX2(w8, x8) _mm256_madd_epi16(_mm256_maddubs_epi16(w8, x8), _mm256_set1_epi16(1))
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
@@ -460,9 +524,18 @@ __attribute__((target("avx2,fma,f16c"))) static void q4k_avx2(const moe_wview *w
                                                              float *y, int64_t ldy, int64_t o0, int64_t o1) {
     Q4K_BODY(DOT_AVX2)
 }
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
+q6k_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q6K_BODY(DOT_VNNI)
+}
+__attribute__((target("avx2,fma,f16c"))) static void q6k_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T,
+                                                             float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q6K_BODY(DOT_AVX2)
+}
 #undef DOT_VNNI
 #undef DOT_AVX2
 #undef Q4K_BODY
+#undef Q6K_BODY
 
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
@@ -863,12 +936,14 @@ static mmq_fn mmq_form(int type, int level) {
 #ifdef MOE_X86
     if (level == 2)
         return type == MOE_DTYPE_Q4_K       ? q4k_vnni
+               : type == MOE_DTYPE_Q6_K     ? q6k_vnni
                : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
                : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
                : type == MOE_KTYPE_Q5_0_R16 ? q5r_vnni
                                             : mmq_vnni;
     if (level == 1)
         return type == MOE_DTYPE_Q4_K                                         ? q4k_avx2
+               : type == MOE_DTYPE_Q6_K                                       ? q6k_avx2
                : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ? NULL
                                                                               : mmq_avx2;
 #endif

@@ -131,7 +131,7 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
-           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16;
+           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q6_K;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -162,6 +162,31 @@ static float q4k_tree(const float acc[8]) {
 float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
     for (int64_t sb = 0; sb < nsb; sb++) q4k_block_acc(row + (size_t)sb * 144, a + sb * 8, acc);
+    return q4k_tree(acc);
+}
+
+/* Q6_K row · activation blocks (kern.h) */
+float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
+    float acc[8] = {0};
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = row + (size_t)sb * 210, *ql = blk, *qh = blk + 128;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        const float d = f16(blk + 208);
+        for (int j = 0; j < 8; j++) {
+            const int n = j / 4, m = j % 4;
+            const moe_q8a *x = a + sb * 8 + j;
+            int32_t i0 = 0, i1 = 0;
+            for (int l = 0; l < 32; l++) {
+                const int u = ((ql[64 * n + 32 * (m & 1) + l] >> (4 * (m >> 1))) & 15) | ((qh[32 * n + l] >> (2 * m)) & 3) << 4;
+                if (l < 16)
+                    i0 += (u - 32) * x->q[l];
+                else
+                    i1 += (u - 32) * x->q[l];
+            }
+            const int32_t isum = sc[8 * n + 2 * m] * i0 + sc[8 * n + 2 * m + 1] * i1;
+            acc[j] = fmaf((float)isum, d * x->d, acc[j]);
+        }
+    }
     return q4k_tree(acc);
 }
 
@@ -302,6 +327,12 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
         for (int64_t o = o0; o < o1; o++)
             for (int64_t t = 0; t < T; t++)
                 y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
+        return;
+    }
+    if (w->type == MOE_DTYPE_Q6_K) {
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t t = 0; t < T; t++)
+                y[t * ldy + o] = moe_kern_q6k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
     if (w->type == MOE_KTYPE_Q4_K_R16) {
