@@ -156,7 +156,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * for the original row. */
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst);
 
-/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K and the R16 forms). */
+/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K and the R16 forms). */
 int moe_kern_mmq_supported(int type);
 /* Q4_K: one row (nsb 256-value blocks) against its activation blocks, the order every form
  * follows (kern_ref.c): per sub-block position an integer dot of the 4-bit values, then
@@ -167,6 +167,8 @@ float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
  * isum = sc[8n+2m]·Σ_{l<16}(u−32)·x + sc[8n+2m+1]·Σ_{l≥16}(u−32)·x (exact in int32), then
  * acc[j] = fmaf(isum, d·dx, acc[j]) and the tree ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
 float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
+/* Q5_K: Q4_K's order on 5-bit values (the nibble plus bit j of qh[l] worth 16; 176-byte blocks). */
+float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
 /* W8A8 on (default) unless MOE_INT8=0 in the environment; moe_kern_set_int8 overrides. */
 int moe_kern_int8_enabled(void);
 void moe_kern_set_int8(int on);

@@ -139,14 +139,18 @@ static void test_w8a8(void) {
             }
         }
     printf("mmq q8_0/q4_0/q5_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
-    /* Q4_K: random 256-value blocks (every nibble, 6-bit scale and min pattern), each level bit for
-     * bit against the ref, and the ref against float64 on the dequantized row */
-    {
+    /* Q4_K and Q5_K: random 256-value blocks (every nibble, high bit, 6-bit scale and min
+     * pattern), each level bit for bit against the ref, and the ref against float64 on the
+     * dequantized row */
+    for (int kt = 0; kt < 2; kt++) {
+        const int type = kt ? MOE_DTYPE_Q5_K : MOE_DTYPE_Q4_K;
+        const size_t bb = kt ? 176 : 144;
+        const char *tn = kt ? "q5_k" : "q4_k";
         const int64_t kins[] = {256, 512, 2048}, OUT = 45;
         double worst = 0;
         for (size_t ii = 0; ii < 3; ii++) {
             const int64_t in = kins[ii];
-            const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
+            const size_t rb = moe_dtype_row_bytes(type, in);
             for (size_t i = 0; i < rb * (size_t)OUT; i++) {
                 g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
                 wq[i] = (uint8_t)(g_s >> 56);
@@ -155,9 +159,9 @@ static void test_w8a8(void) {
                 for (int64_t b = 0; b < in / 256; b++)
                     for (int f = 0; f < 2; f++) { /* d, dmin; row 3 denormal */
                         uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.001f));
-                        memcpy(wq + (size_t)o * rb + (size_t)b * 144 + 2 * f, &h, 2);
+                        memcpy(wq + (size_t)o * rb + (size_t)b * bb + 2 * f, &h, 2);
                     }
-            moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb};
+            moe_wview w = {wq, type, in, OUT, rb};
             static float row[2048];
             for (size_t q = 0; q < 5; q++) {
                 const int T = Ts[q];
@@ -165,7 +169,7 @@ static void test_w8a8(void) {
                 for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
                 moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
                 for (int64_t o = 0; o < OUT; o++) {
-                    moe_dtype_dequant_row(MOE_DTYPE_Q4_K, wq + (size_t)o * rb, row, in);
+                    moe_dtype_dequant_row(type, wq + (size_t)o * rb, row, in);
                     for (int tt = 0; tt < T; tt++) {
                         double e = 0, sc = 0;
                         for (int64_t i = 0; i < in; i++) {
@@ -177,12 +181,12 @@ static void test_w8a8(void) {
                         if (sc > 0) worst = fmax(worst, fabs(e - y0[tt * OUT + o]) / sc);
                     }
                 }
-                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, "mmq q4_k");
+                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, tn);
             }
         }
-        printf("mmq q4_k: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
-               top, worst);
-        CHECK(worst < 1e-5, "mmq q4_k ref vs float64: %.3e", worst);
+        printf("mmq %s: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
+               tn, top, worst);
+        CHECK(worst < 1e-5, "mmq %s ref vs float64: %.3e", tn, worst);
     }
     /* Q6_K: random 256-value blocks (every 6-bit value, int8 scales including -128 and 127), each
      * level bit for bit against the ref, and the ref against float64 on the dequantized row */

@@ -380,7 +380,8 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
 }
 
-/* Q4_K (kern.h, moe_kern_q4k_dot_ref): one row at a time, up to 8 tokens per pass. Per 256-value
+/* Q4_K and Q5_K (kern.h, moe_kern_q4k_dot_ref / q5k): one row at a time, up to 8 tokens per pass
+ * (Q5_K: the fifth bit of each value or-ed in from qh before the dots). Per 256-value
  * block: the 8 sub-blocks' 4-bit values unpacked once (ymm of 32 u8), then per token 8 integer
  * dots (vpdpbusd, or vpmaddubsw + vpmaddwd on AVX2: u4·s8 pairs fit int16), reduced to one
  * lane per sub-block, and the ref's two fmas per sub-block on 8 lanes at once. The activation
@@ -389,7 +390,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
  * (the gathers and a spilled unpack were most of the kernel's time). */
 #define Q4K_TOK 8
 #define Q4K_MAXSB 128 /* rows of up to 32768 values take the table; longer ones the ref */
-#define Q4K_BODY(DOT)                                                                                                  \
+#define Q4K_BODY(DOT, FIVE)                                                                                            \
     const int64_t nb = w->in / 32, nsb = nb / 8;                                                                       \
     if (nsb > Q4K_MAXSB) {                                                                                             \
         moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);                                                               \
@@ -412,7 +413,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
             __m256 acc[Q4K_TOK];                                                                                       \
             _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) acc[k] = _mm256_setzero_ps();                   \
             for (int64_t sb = 0; sb < nsb; sb++) {                                                                     \
-                const uint8_t *blk = row + (size_t)sb * 144, *sc = blk + 4;                                            \
+                const uint8_t *blk = row + (size_t)sb * (FIVE ? 176 : 144), *sc = blk + 4;                             \
                 uint16_t hd, hm;                                                                                       \
                 memcpy(&hd, blk, 2);                                                                                   \
                 memcpy(&hm, blk + 2, 2);                                                                               \
@@ -424,9 +425,20 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                 const __m256 m1 = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(hm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8)));  \
                 __m256i nib[8];                                                                                        \
                 _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {                                                  \
-                    const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16 + 32 * g));          \
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + (FIVE ? 48 : 16) + 32 * g)); \
                     nib[2 * g] = _mm256_and_si256(q, lo4);                                                             \
                     nib[2 * g + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo4);                                   \
+                }                                                                                                      \
+                if (FIVE) { /* bit j of qh[l] to bit 4 of sub-block j's byte l */                                      \
+                    const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16)), b4 = _mm256_set1_epi8(0x10); \
+                    nib[0] = _mm256_or_si256(nib[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), b4));                  \
+                    nib[1] = _mm256_or_si256(nib[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), b4));                  \
+                    nib[2] = _mm256_or_si256(nib[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), b4));                  \
+                    nib[3] = _mm256_or_si256(nib[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), b4));                  \
+                    nib[4] = _mm256_or_si256(nib[4], _mm256_and_si256(h, b4));                                         \
+                    nib[5] = _mm256_or_si256(nib[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), b4));                  \
+                    nib[6] = _mm256_or_si256(nib[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), b4));                  \
+                    nib[7] = _mm256_or_si256(nib[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), b4));                  \
                 }                                                                                                      \
                 _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                            \
                     if (k >= nt) break;                                                                                \
@@ -518,11 +530,19 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
 #define DOT_AVX2(w8, x8) _mm256_madd_epi16(_mm256_maddubs_epi16(w8, x8), _mm256_set1_epi16(1))
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
 q4k_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    Q4K_BODY(DOT_VNNI)
+    Q4K_BODY(DOT_VNNI, 0)
+}
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
+q5k_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q4K_BODY(DOT_VNNI, 1)
 }
 __attribute__((target("avx2,fma,f16c"))) static void q4k_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T,
                                                              float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    Q4K_BODY(DOT_AVX2)
+    Q4K_BODY(DOT_AVX2, 0)
+}
+__attribute__((target("avx2,fma,f16c"))) static void q5k_avx2(const moe_wview *w, const moe_q8a *xq, int64_t T,
+                                                             float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    Q4K_BODY(DOT_AVX2, 1)
 }
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))) static void
 q6k_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -936,6 +956,7 @@ static mmq_fn mmq_form(int type, int level) {
 #ifdef MOE_X86
     if (level == 2)
         return type == MOE_DTYPE_Q4_K       ? q4k_vnni
+               : type == MOE_DTYPE_Q5_K     ? q5k_vnni
                : type == MOE_DTYPE_Q6_K     ? q6k_vnni
                : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
                : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
@@ -943,6 +964,7 @@ static mmq_fn mmq_form(int type, int level) {
                                             : mmq_vnni;
     if (level == 1)
         return type == MOE_DTYPE_Q4_K                                         ? q4k_avx2
+               : type == MOE_DTYPE_Q5_K                                       ? q5k_avx2
                : type == MOE_DTYPE_Q6_K                                       ? q6k_avx2
                : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ? NULL
                                                                               : mmq_avx2;

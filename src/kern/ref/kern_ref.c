@@ -131,7 +131,8 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
-           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q6_K;
+           type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q5_K ||
+           type == MOE_DTYPE_Q6_K;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -155,6 +156,24 @@ static void q4k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
     }
 }
 
+/* Q5_K: Q4_K's arithmetic on 5-bit values (the nibble plus bit j of qh[l] as 16) */
+static void q5k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
+    const uint8_t *sc = blk + 4, *qh = blk + 16;
+    const float d = f16(blk), dmin = f16(blk + 2);
+    for (int j = 0; j < 8; j++) {
+        int scj, mj;
+        moe_kscale(j, sc, &scj, &mj);
+        const uint8_t *q = blk + 48 + 32 * (j / 2);
+        const int sh = 4 * (j & 1);
+        const moe_q8a *x = a + j;
+        int32_t idot = 0;
+        for (int l = 0; l < 32; l++) idot += (((q[l] >> sh) & 15) | ((qh[l] >> j) & 1) << 4) * x->q[l];
+        const float d1 = d * (float)scj, m1 = dmin * (float)mj;
+        acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
+        acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
+    }
+}
+
 static float q4k_tree(const float acc[8]) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
@@ -162,6 +181,12 @@ static float q4k_tree(const float acc[8]) {
 float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
     for (int64_t sb = 0; sb < nsb; sb++) q4k_block_acc(row + (size_t)sb * 144, a + sb * 8, acc);
+    return q4k_tree(acc);
+}
+
+float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
+    float acc[8] = {0};
+    for (int64_t sb = 0; sb < nsb; sb++) q5k_block_acc(row + (size_t)sb * 176, a + sb * 8, acc);
     return q4k_tree(acc);
 }
 
@@ -327,6 +352,12 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
         for (int64_t o = o0; o < o1; o++)
             for (int64_t t = 0; t < T; t++)
                 y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
+        return;
+    }
+    if (w->type == MOE_DTYPE_Q5_K) {
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t t = 0; t < T; t++)
+                y[t * ldy + o] = moe_kern_q5k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
     if (w->type == MOE_DTYPE_Q6_K) {
