@@ -139,13 +139,13 @@ static void test_w8a8(void) {
             }
         }
     printf("mmq q8_0/q4_0/q5_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
-    /* Q4_K and Q5_K: random 256-value blocks (every nibble, high bit, 6-bit scale and min
-     * pattern), each level bit for bit against the ref, and the ref against float64 on the
-     * dequantized row */
-    for (int kt = 0; kt < 2; kt++) {
-        const int type = kt ? MOE_DTYPE_Q5_K : MOE_DTYPE_Q4_K;
-        const size_t bb = kt ? 176 : 144;
-        const char *tn = kt ? "q5_k" : "q4_k";
+    /* Q4_K, Q5_K and Q6_K: random 256-value blocks (every nibble, high bit, 6-bit scale and min,
+     * Q6_K int8 scales including -128 and 127), each level bit for bit against the ref, and the
+     * ref against float64 on the dequantized row */
+    for (int kt = 0; kt < 3; kt++) {
+        const int type = kt == 0 ? MOE_DTYPE_Q4_K : kt == 1 ? MOE_DTYPE_Q5_K : MOE_DTYPE_Q6_K;
+        const size_t bb = moe_dtype_row_bytes(type, 256);
+        const char *tn = kt == 0 ? "q4_k" : kt == 1 ? "q5_k" : "q6_k";
         const int64_t kins[] = {256, 512, 2048}, OUT = 45;
         double worst = 0;
         for (size_t ii = 0; ii < 3; ii++) {
@@ -156,11 +156,15 @@ static void test_w8a8(void) {
                 wq[i] = (uint8_t)(g_s >> 56);
             }
             for (int64_t o = 0; o < OUT; o++)
-                for (int64_t b = 0; b < in / 256; b++)
-                    for (int f = 0; f < 2; f++) { /* d, dmin; row 3 denormal */
+                for (int64_t b = 0; b < in / 256; b++) {
+                    uint8_t *blk = wq + (size_t)o * rb + (size_t)b * bb;
+                    for (int f = 0; f < (kt == 2 ? 1 : 2); f++) { /* d (and dmin); row 3 denormal */
                         uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.001f));
-                        memcpy(wq + (size_t)o * rb + (size_t)b * bb + 2 * f, &h, 2);
+                        memcpy(kt == 2 ? blk + 208 : blk + 2 * f, &h, 2);
                     }
+                    if (kt == 2 && (o == 7 || o == 8)) memset(blk + 192, o == 7 ? 0x80 : 0x7F, 16); /* extreme scales */
+                    if (kt == 2 && o == 8) memset(blk, 0xFF, 192);                                /* every value 63 */
+                }
             moe_wview w = {wq, type, in, OUT, rb};
             static float row[2048];
             for (size_t q = 0; q < 5; q++) {
@@ -187,53 +191,6 @@ static void test_w8a8(void) {
         printf("mmq %s: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
                tn, top, worst);
         CHECK(worst < 1e-5, "mmq %s ref vs float64: %.3e", tn, worst);
-    }
-    /* Q6_K: random 256-value blocks (every 6-bit value, int8 scales including -128 and 127), each
-     * level bit for bit against the ref, and the ref against float64 on the dequantized row */
-    {
-        const int64_t kins[] = {256, 512, 2048}, OUT = 45;
-        double worst = 0;
-        for (size_t ii = 0; ii < 3; ii++) {
-            const int64_t in = kins[ii];
-            const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q6_K, in);
-            for (size_t i = 0; i < rb * (size_t)OUT; i++) {
-                g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
-                wq[i] = (uint8_t)(g_s >> 56);
-            }
-            for (int64_t o = 0; o < OUT; o++)
-                for (int64_t b = 0; b < in / 256; b++) { /* d; row 3 denormal; rows 7 and 8 the extreme scales */
-                    uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 210;
-                    uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.001f));
-                    memcpy(blk + 208, &h, 2);
-                    if (o == 7 || o == 8) memset(blk + 192, o == 7 ? 0x80 : 0x7F, 16);
-                    if (o == 8) memset(blk, 0xFF, 192); /* every value 63 */
-                }
-            moe_wview w = {wq, MOE_DTYPE_Q6_K, in, OUT, rb};
-            static float row[2048];
-            for (size_t q = 0; q < 5; q++) {
-                const int T = Ts[q];
-                fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
-                for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
-                moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-                for (int64_t o = 0; o < OUT; o++) {
-                    moe_dtype_dequant_row(MOE_DTYPE_Q6_K, wq + (size_t)o * rb, row, in);
-                    for (int tt = 0; tt < T; tt++) {
-                        double e = 0, sc = 0;
-                        for (int64_t i = 0; i < in; i++) {
-                            const moe_q8a *b = r + tt * (in / 32) + i / 32;
-                            const double v = (double)row[i] * (double)b->d * b->q[i % 32];
-                            e += v;
-                            sc += fabs(v);
-                        }
-                        if (sc > 0) worst = fmax(worst, fabs(e - y0[tt * OUT + o]) / sc);
-                    }
-                }
-                check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, "mmq q6_k");
-            }
-        }
-        printf("mmq q6_k: levels 1..%d bit-identical to ref (in 256/512/2048, T 1/2/3/5/9); ref vs float64 %.2e of sum|terms|\n",
-               top, worst);
-        CHECK(worst < 1e-5, "mmq q6_k ref vs float64: %.3e", worst);
     }
     /* matmul with W8A8: threads do not change results, and it equals quant_act + mmq_rows */
     moe_pool *pool = moe_pool_init(3);
@@ -340,226 +297,139 @@ static void test_mla_attn(void) {
            worst);
 }
 
-/* The Q5_0 R16 layout (kern.h): every level's product on the repacked copy equals the Q5_0 ref on
- * the original bit for bit (T 1-13: tiles of up to 6 tokens; rows cutting groups; random
- * nibbles and high bits, a denormal and a large d, rows of all +15 and all −16), as does
- * moe_kern_dequant_wrow, and a matmul on a pool; the qh permutation is a permutation. */
-static void test_q5r(void) {
-    enum { OUT = 112 };
-    static uint8_t wq[OUT * 1408], rp[OUT * 1408];
-    static float x[13 * 2048], y0[13 * OUT], y1[13 * OUT], d0[2048], d1[2048];
-    static moe_q8a r[13 * 64];
-    const int64_t ins[] = {32, 96, 1408, 2048};
-    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 9, 13};
+/* A repacked layout (kern.h: Q8_0, Q5_0 and Q4_K R16) against its file type: random rows of 112
+ * (7 groups), `fix` shaping some rows (extreme scales and values), the matrix repacked in two
+ * calls (groups are independent); every row's moe_kern_dequant_wrow equals the file row's
+ * dequantization, every level's product on the repacked copy equals the ref on the original bit
+ * for bit for every T and row range (ranges cut groups and leave quads, pairs and single groups),
+ * and so does a matmul on a pool with W8A8 on and off. */
+typedef void (*repack_fn)(const uint8_t *src, size_t rb, int64_t in, int64_t g0, int64_t g1, uint8_t *dst);
+typedef void (*row_fix_fn)(uint8_t *row, int64_t o, int64_t in);
+typedef struct {
+    const char *what;
+    int type, rtype;
+    repack_fn repack;
+    row_fix_fn fix;
+    const int64_t *ins;
+    int n_ins;
+    const int *Ts;
+    int n_T;
+    const int64_t (*cuts)[2];
+    int n_cuts;
+    int no_huge_x; /* skip fill_x kind 2 (values near FLT_MAX overflow the K-quants' min terms) */
+} layout_case;
+
+static void check_layout(const layout_case *lc) {
+    enum { OUT = 112, MAXT = 31 };
+    static uint8_t wq[OUT * 2176], rp[OUT * 2176];
+    static float x[MAXT * 2048], y0[MAXT * OUT], y1[MAXT * OUT], d0[2048], d1[2048];
+    static moe_q8a r[MAXT * 64];
+    int64_t in = 0;
+    size_t rb = 0;
+    for (int ii = 0; ii < lc->n_ins; ii++) {
+        in = lc->ins[ii];
+        rb = moe_dtype_row_bytes(lc->type, in);
+        for (size_t i = 0; i < rb * OUT; i++) {
+            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
+            wq[i] = (uint8_t)(g_s >> 56);
+        }
+        for (int64_t o = 0; o < OUT; o++) lc->fix(wq + (size_t)o * rb, o, in);
+        memset(rp, 0xA5, sizeof rp);
+        lc->repack(wq, rb, in, 0, 2, rp);
+        lc->repack(wq, rb, in, 2, OUT / 16, rp);
+        moe_wview w = {wq, lc->type, in, OUT, rb}, wr = {rp, lc->rtype, in, OUT, rb};
+        int same = 1;
+        for (int64_t o = 0; o < OUT; o++) {
+            moe_dtype_dequant_row(lc->type, wq + (size_t)o * rb, d0, in);
+            moe_kern_dequant_wrow(&wr, o, d1);
+            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
+        }
+        CHECK(same, "%s in=%lld: dequant_wrow differs from the file row", lc->what, (long long)in);
+        for (int q = 0; q < lc->n_T; q++) {
+            const int T = lc->Ts[q], kind = (q + ii) % 5;
+            fill_x(x, T * in, lc->no_huge_x && kind == 2 ? 0 : kind);
+            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
+            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
+            for (int c = 0; c < lc->n_cuts; c++) check_mmq_levels(&wr, r, T, y0, y1, lc->cuts[c][0], lc->cuts[c][1], 0, lc->what);
+        }
+    }
+    /* through moe_kern_matmul on a pool, W8A8 on and off (wq and rp hold the last matrix) */
+    moe_pool *pool = moe_pool_init(3);
+    moe_wview w = {wq, lc->type, in, OUT, rb}, wr = {rp, lc->rtype, in, OUT, rb};
+    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
+    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, MAXT * 64};
+    fill_x(x, 5 * in, 0);
+    for (int int8 = 1; int8 >= 0; int8--) {
+        moe_kern_set_int8(int8);
+        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
+        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
+        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "%s matmul (int8 %d) differs from the file type", lc->what, int8);
+    }
+    moe_kern_set_int8(1);
+    free(scratch);
+    moe_pool_free(pool);
+    printf("%s: repacked rows bit-identical to the file type's ref at levels %d..0 (%d shapes, %d token counts, %d row "
+           "ranges, dequant, matmul)\n",
+           lc->what, moe_kern_level(), lc->n_ins, lc->n_T, lc->n_cuts + 1);
+}
+
+static void put_f16(uint8_t *p, float v) {
+    uint16_t h = moe_f32_to_f16(v);
+    memcpy(p, &h, 2);
+}
+
+/* Q8_0: rows 19/83 denormal scales, 33/99 near the F16 maximum, 5/70 all −128, 21/91 all +127 */
+static void fix_q8_0(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 32; b++) {
+        uint8_t *blk = row + (size_t)b * 34;
+        put_f16(blk, (frand() + 1.5f) * (o == 19 || o == 83 ? 1e-7f : o == 33 || o == 99 ? 2e4f : 0.01f));
+        if (o == 5 || o == 70) memset(blk + 2, 0x80, 32);
+        if (o == 21 || o == 91) memset(blk + 2, 0x7f, 32);
+    }
+}
+
+/* Q5_0: row 19 denormal d, 90 large; 5/70 every value +15, 21/101 every value −16 */
+static void fix_q5_0(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 32; b++) {
+        uint8_t *blk = row + (size_t)b * 22;
+        put_f16(blk, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 2e4f : 0.01f));
+        if (o == 5 || o == 70) memset(blk + 2, 0xFF, 20);
+        if (o == 21 || o == 101) memset(blk + 2, 0x00, 20);
+    }
+}
+
+/* Q4_K: d and dmin, row 19 denormal, 90 large; 41/77 every nibble 15 and every 6-bit scale/min 63 */
+static void fix_q4_k(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 256; b++) {
+        uint8_t *blk = row + (size_t)b * 144;
+        for (int f = 0; f < 2; f++) put_f16(blk + 2 * f, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 30.0f : 0.001f));
+        if (o == 41 || o == 77) {
+            memset(blk + 4, 0xFF, 12);
+            memset(blk + 16, 0xFF, 128);
+        }
+    }
+}
+
+static void test_layouts(void) {
+    CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
+              !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48) && moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) &&
+              moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48),
+          "can_repack: Q8_0 and Q5_0 with in a multiple of 32, Q4_K of 256, out a multiple of 16");
     uint32_t seen = 0;
     for (int q = 0; q < 32; q++) seen |= 1u << moe_q5r_qh_bit(q);
     CHECK(seen == 0xFFFFFFFFu, "q5_0 r16: the qh permutation misses bits (%08x)", seen);
-    CHECK(moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) && !moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 40),
-          "can_repack: Q5_0 with out a multiple of 16");
-    for (size_t ii = 0; ii < 4; ii++) {
-        const int64_t in = ins[ii], nb = in / 32;
-        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q5_0, in);
-        for (size_t i = 0; i < rb * OUT; i++) {
-            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
-            wq[i] = (uint8_t)(g_s >> 56);
-        }
-        for (int64_t o = 0; o < OUT; o++)
-            for (int64_t b = 0; b < nb; b++) {
-                uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 22;
-                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 2e4f : 0.01f));
-                memcpy(blk, &h, 2);
-                if (o == 5 || o == 70) memset(blk + 2, 0xFF, 20); /* every value +15 */
-                if (o == 21 || o == 101) memset(blk + 2, 0x00, 20); /* every value -16 */
-            }
-        memset(rp, 0xA5, sizeof rp);
-        moe_kern_repack_q5_0_r16(wq, rb, in, 0, 3, rp); /* two calls: groups are independent */
-        moe_kern_repack_q5_0_r16(wq, rb, in, 3, OUT / 16, rp);
-        moe_wview w = {wq, MOE_DTYPE_Q5_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q5_0_R16, in, OUT, rb};
-        int same = 1;
-        for (int64_t o = 0; o < OUT; o++) {
-            moe_dtype_dequant_row(MOE_DTYPE_Q5_0, wq + (size_t)o * rb, d0, in);
-            moe_kern_dequant_wrow(&wr, o, d1);
-            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
-        }
-        CHECK(same, "q5_0 r16 in=%lld: dequant_wrow differs from the Q5_0 row", (long long)in);
-        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
-            const int T = Ts[q];
-            fill_x(x, T * in, (int)(q + ii) % 5);
-            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
-            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "q5_0 r16");
-        }
-    }
-    moe_pool *pool = moe_pool_init(3);
-    const int64_t in = 2048;
-    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q5_0, in);
-    moe_wview w = {wq, MOE_DTYPE_Q5_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q5_0_R16, in, OUT, rb};
-    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
-    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 13 * 64};
-    fill_x(x, 5 * in, 0);
-    for (int int8 = 1; int8 >= 0; int8--) {
-        moe_kern_set_int8(int8);
-        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
-        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
-        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "q5_0 r16 matmul (int8 %d) differs from Q5_0", int8);
-    }
-    moe_kern_set_int8(1);
-    free(scratch);
-    moe_pool_free(pool);
-    printf("q5_0 r16: repacked Q5_0 bit-identical to the Q5_0 ref at levels %d..0 (in 32/96/1408/2048, T 1-13, cut groups, "
-           "dequant, matmul)\n",
-           moe_kern_level());
-}
-
-/* The Q4_K R16 layout (kern.h): every level's product on the repacked copy equals the Q4_K ref on
- * the original bit for bit (T 1-9: pairs of tokens and a last one; rows cutting groups; random
- * nibbles and 6-bit scales, a denormal and a large d, all-15 nibbles with the largest scales),
- * as does moe_kern_dequant_wrow, and a matmul on a pool. */
-static void test_q4kr(void) {
-    enum { OUT = 112 };
-    static uint8_t wq[OUT * 1152], rp[OUT * 1152];
-    static float x[9 * 2048], y0[9 * OUT], y1[9 * OUT], d0[2048], d1[2048];
-    static moe_q8a r[9 * 64];
-    const int64_t ins[] = {256, 512, 2048};
-    const int Ts[] = {1, 2, 3, 4, 5, 9};
-    CHECK(moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 40) &&
-              !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48),
-          "can_repack: Q4_K with in a multiple of 256 and out a multiple of 16");
-    for (size_t ii = 0; ii < 3; ii++) {
-        const int64_t in = ins[ii], nsb = in / 256;
-        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
-        for (size_t i = 0; i < rb * OUT; i++) {
-            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
-            wq[i] = (uint8_t)(g_s >> 56);
-        }
-        for (int64_t o = 0; o < OUT; o++)
-            for (int64_t b = 0; b < nsb; b++) {
-                uint8_t *blk = wq + (size_t)o * rb + (size_t)b * 144;
-                for (int f = 0; f < 2; f++) { /* d, dmin; row 19 denormal, row 90 large */
-                    uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 30.0f : 0.001f));
-                    memcpy(blk + 2 * f, &h, 2);
-                }
-                if (o == 41 || o == 77) { /* every nibble 15, every 6-bit scale and min 63 */
-                    memset(blk + 4, 0xFF, 12);
-                    memset(blk + 16, 0xFF, 128);
-                }
-            }
-        memset(rp, 0xA5, sizeof rp);
-        moe_kern_repack_q4_k_r16(wq, rb, in, 0, 2, rp); /* two calls: groups are independent */
-        moe_kern_repack_q4_k_r16(wq, rb, in, 2, OUT / 16, rp);
-        moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q4_K_R16, in, OUT, rb};
-        int same = 1;
-        for (int64_t o = 0; o < OUT; o++) {
-            moe_dtype_dequant_row(MOE_DTYPE_Q4_K, wq + (size_t)o * rb, d0, in);
-            moe_kern_dequant_wrow(&wr, o, d1);
-            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
-        }
-        CHECK(same, "q4k r16 in=%lld: dequant_wrow differs from the Q4_K row", (long long)in);
-        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
-            const int T = Ts[q];
-            fill_x(x, T * in, (int)(q + ii) % 5 == 2 ? 0 : (int)(q + ii) % 5);
-            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * (in / 32), in);
-            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "q4k r16");
-            check_mmq_levels(&wr, r, T, y0, y1, 16, 96, 0, "q4k r16");
-        }
-    }
-    /* through moe_kern_matmul on a pool (wq and rp still hold the in = 2048 matrix) */
-    moe_pool *pool = moe_pool_init(3);
-    const int64_t in = 2048;
-    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q4_K, in);
-    moe_wview w = {wq, MOE_DTYPE_Q4_K, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q4_K_R16, in, OUT, rb};
-    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
-    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 9 * 64};
-    fill_x(x, 5 * in, 0);
-    for (int int8 = 1; int8 >= 0; int8--) {
-        moe_kern_set_int8(int8);
-        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
-        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
-        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "q4k r16 matmul (int8 %d) differs from Q4_K", int8);
-    }
-    moe_kern_set_int8(1);
-    free(scratch);
-    moe_pool_free(pool);
-    printf("q4k r16: repacked Q4_K bit-identical to the Q4_K ref at levels %d..0 (in 256/512/2048, T 1-9, cut groups, "
-           "dequant, matmul)\n",
-           moe_kern_level());
-}
-
-/* The R16 repacked layout (kern.h): every level's product on the repacked copy equals the ref on
- * the Q8_0 original bit for bit (T 1..31: the register tiles of quads of groups (1..3 tokens),
- * pairs (1..6) and single groups (1..16), their tails; row ranges cutting groups, with 7 whole
- * groups (quad + pair + single), 3 and 2), as does moe_kern_dequant_wrow, and a matmul on a
- * pool. */
-static void test_r16(void) {
-    enum { OUT = 112 };
-    static uint8_t wq[OUT * 2176], rp[OUT * 2176];
-    static float x[31 * 2048], y0[31 * OUT], y1[31 * OUT], d0[2048], d1[2048];
-    static moe_q8a r[31 * 64];
-    const int64_t ins[] = {32, 96, 1056, 2048};
-    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 31};
-    const int top = moe_kern_level();
-    CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
-              !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48),
-          "can_repack: Q8_0 with out a multiple of 16 only");
-    for (size_t ii = 0; ii < 4; ii++) {
-        const int64_t in = ins[ii], nb = in / 32;
-        const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, in);
-        for (size_t i = 0; i < rb * OUT; i++) {
-            g_s = g_s * 6364136223846793005ull + 1442695040888963407ull;
-            wq[i] = (uint8_t)(g_s >> 56);
-        }
-        for (int64_t o = 0; o < OUT; o++)
-            for (int64_t b = 0; b < nb; b++) {
-                uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 19 || o == 83 ? 1e-7f : o == 33 || o == 99 ? 2e4f : 0.01f)); /* denormal, near the F16 maximum */
-                memcpy(wq + (size_t)o * rb + (size_t)b * 34, &h, 2);
-            }
-        for (int64_t b = 0; b < nb; b++) {
-            memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32);  /* row 5: all -128 */
-            memset(wq + 21 * rb + (size_t)b * 34 + 2, 0x7f, 32); /* row 21: all +127 */
-            memset(wq + 70 * rb + (size_t)b * 34 + 2, 0x80, 32); /* and in the later groups */
-            memset(wq + 91 * rb + (size_t)b * 34 + 2, 0x7f, 32);
-        }
-        memset(rp, 0xA5, sizeof rp);
-        moe_kern_repack_q8_0_r16(wq, rb, in, 0, 1, rp); /* two calls: groups are independent */
-        moe_kern_repack_q8_0_r16(wq, rb, in, 1, OUT / 16, rp);
-        moe_wview w = {wq, MOE_DTYPE_Q8_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q8_0_R16, in, OUT, rb};
-        int same = 1;
-        for (int64_t o = 0; o < OUT; o++) {
-            moe_dtype_dequant_row(MOE_DTYPE_Q8_0, wq + (size_t)o * rb, d0, in);
-            moe_kern_dequant_wrow(&wr, o, d1);
-            same &= memcmp(d0, d1, sizeof(float) * (size_t)in) == 0;
-        }
-        CHECK(same, "r16 in=%lld: dequant_wrow differs from the Q8_0 row", (long long)in);
-        for (size_t q = 0; q < sizeof Ts / sizeof Ts[0]; q++) {
-            const int T = Ts[q];
-            fill_x(x, T * in, (int)(q + ii) % 5);
-            for (int tt = 0; tt < T; tt++) moe_kern_quant_act_ref(x + tt * in, r + tt * nb, in);
-            moe_kern_mmq_rows_ref(&w, r, T, y0, OUT, 0, OUT);
-            check_mmq_levels(&wr, r, T, y0, y1, 7, 73, 0, "r16"); /* cut groups at both ends, 3 whole ones */
-            check_mmq_levels(&wr, r, T, y0, y1, 3, 106, 0, "r16"); /* 5 whole: quad + single, or pair + pair + single */
-            check_mmq_levels(&wr, r, T, y0, y1, 9, 57, 0, "r16"); /* 2 whole groups: one pair */
-        }
-    }
-    /* through moe_kern_matmul on a pool, W8A8 on and off (wq and rp still hold the in = 2048 matrix) */
-    moe_pool *pool = moe_pool_init(3);
-    const int64_t in = 2048;
-    const size_t rb = moe_dtype_row_bytes(MOE_DTYPE_Q8_0, in);
-    moe_wview w = {wq, MOE_DTYPE_Q8_0, in, OUT, rb}, wr = {rp, MOE_KTYPE_Q8_0_R16, in, OUT, rb};
-    float *scratch = malloc(sizeof(float) * 3 * moe_kern_scratch_floats(in));
-    moe_kern_ws ws = {scratch, moe_kern_scratch_floats(in), r, 17 * 64};
-    fill_x(x, 5 * in, 0);
-    for (int int8 = 1; int8 >= 0; int8--) {
-        moe_kern_set_int8(int8);
-        moe_kern_matmul(pool, &w, x, in, y0, OUT, 5, &ws);
-        moe_kern_matmul(pool, &wr, x, in, y1, OUT, 5, &ws);
-        CHECK(memcmp(y0, y1, sizeof(float) * 5 * OUT) == 0, "r16 matmul (int8 %d) differs from Q8_0", int8);
-    }
-    moe_kern_set_int8(1);
-    free(scratch);
-    moe_pool_free(pool);
-    printf("r16: repacked Q8_0 bit-identical to the Q8_0 ref at levels %d..0 (in 32/96/1056/2048, T 1-31, quads, pairs and single groups, cut groups, "
-           "dequant, matmul)\n", top);
+    static const int64_t in_q8[] = {32, 96, 1056, 2048}, in_q5[] = {32, 96, 1408, 2048}, in_q4k[] = {256, 512, 2048};
+    static const int t_q8[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 31}, t_q5[] = {1, 2, 3, 4, 5, 6, 7, 9, 13},
+                     t_q4k[] = {1, 2, 3, 4, 5, 9};
+    /* 7..73: 3 whole groups (pair + single) cut at both ends; 3..106: 5 (quad + single or two pairs +
+     * single); 9..57: 2 (one pair); 16..96: 5 whole groups exactly */
+    static const int64_t cuts[][2] = {{7, 73}, {3, 106}, {9, 57}, {16, 96}};
+    const layout_case cases[] = {
+        {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
+        {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
+        {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 6, cuts, 4, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_layout(&cases[i]);
 }
 
 /* moe_kern_matmul_set: a set of products (mixed types, shared and distinct inputs, tiny and
@@ -858,9 +728,7 @@ int main(void) {
     moe_pool_free(pool);
 
     test_w8a8();
-    test_r16();
-    test_q4kr();
-    test_q5r();
+    test_layouts();
     test_mla_attn();
     test_set();
     test_kquants();

@@ -380,6 +380,13 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     if (o < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o, o1);
 }
 
+/* the K-quant refs' tree over 8 running sums: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)) */
+__attribute__((target("avx2"))) static inline float tree8(__m256 a) {
+    const __m128 v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 h = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
 /* Q4_K and Q5_K (kern.h, moe_kern_q4k_dot_ref / q5k): one row at a time, up to 8 tokens per pass
  * (Q5_K: the fifth bit of each value or-ed in from qh before the dots). Per 256-value
  * block: the 8 sub-blocks' 4-bit values unpacked once (ymm of 32 u8), then per token 8 integer
@@ -453,12 +460,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                     acc[k] = _mm256_fmadd_ps(sx, _mm256_xor_ps(_mm256_mul_ps(m1, dx), sign), acc[k]);                \
                 }                                                                                                      \
             }                                                                                                          \
-            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                                \
-                if (k >= nt) break;                                                                                    \
-                const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[k]), _mm256_extractf128_ps(acc[k], 1));         \
-                const __m128 h = _mm_add_ps(v, _mm_movehl_ps(v, v)); /* (a0+a4)+(a2+a6), (a1+a5)+(a3+a7) */           \
-                y[(t0 + k) * ldy + o] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));                         \
-            }                                                                                                          \
+            for (int k = 0; k < nt; k++) y[(t0 + k) * ldy + o] = tree8(acc[k]);                                        \
         }                                                                                                              \
     }
 
@@ -517,12 +519,7 @@ mmq_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, dx), acc[k]);                \
                 }                                                                                                      \
             }                                                                                                          \
-            _Pragma("GCC unroll 8") for (int k = 0; k < Q4K_TOK; k++) {                                                \
-                if (k >= nt) break;                                                                                    \
-                const __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[k]), _mm256_extractf128_ps(acc[k], 1));         \
-                const __m128 hh = _mm_add_ps(v, _mm_movehl_ps(v, v)); /* (a0+a4)+(a2+a6), (a1+a5)+(a3+a7) */          \
-                y[(t0 + k) * ldy + o] = _mm_cvtss_f32(_mm_add_ss(hh, _mm_shuffle_ps(hh, hh, 1)));                      \
-            }                                                                                                          \
+            for (int k = 0; k < nt; k++) y[(t0 + k) * ldy + o] = tree8(acc[k]);                                        \
         }                                                                                                              \
     }
 
@@ -556,6 +553,21 @@ __attribute__((target("avx2,fma,f16c"))) static void q6k_avx2(const moe_wview *w
 #undef DOT_AVX2
 #undef Q4K_BODY
 #undef Q6K_BODY
+
+/* The R16 kernels' row span: rows of [o0, o1) outside whole 16-row groups go to the ref; [*a, *e)
+ * are the whole groups, 0 when there are none (everything done). */
+static int r16_span(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1,
+                    int64_t *a, int64_t *e) {
+    *a = (o0 + 15) / 16 * 16;
+    *e = o1 / 16 * 16;
+    if (*a >= *e) {
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return 0;
+    }
+    if (o0 < *a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, *a);
+    if (*e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, *e, o1);
+    return 1;
+}
 
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
@@ -639,12 +651,8 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
-    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
-    if (a >= e) {
-        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    int64_t a, e;
+    if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     /* Many tokens: the tokens go in super-tiles whose activation blocks stay in L2 (about 384 KB,
      * 40 bytes a block) while every group of the range runs over them; otherwise the 16 strided
      * activation streams of each tile come from L3 (prefill ran at ~60 % of the in-cache rate). */
@@ -685,7 +693,6 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
                 }
             }
     }
-    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
 
 /* Q4_K R16 (kern.h): 16 rows in the lanes of a zmm. Per 256-value block: the 16 rows' d and
@@ -779,19 +786,14 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32, nsb = nb / 8;
-    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
-    if (a >= e) {
-        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    int64_t a, e;
+    if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     for (int64_t o = a; o < e; o += 16) {
         const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q4K_R16_BLOCK;
         int64_t t = 0;
         for (; t + 2 <= T; t += 2) q4kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy);
         if (t < T) q4kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy);
     }
-    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
 
 /* Q5_0 R16 (kern.h): 16 rows in the lanes. Per 32-value block and column c: the nibbles masked
@@ -848,12 +850,8 @@ q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32, ntile = (T + 5) / 6;
-    int64_t a = (o0 + 15) / 16 * 16, e = o1 / 16 * 16; /* whole groups [a, e); partial ones go to the ref */
-    if (a >= e) {
-        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
-        return;
-    }
-    if (o0 < a) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, a);
+    int64_t a, e;
+    if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     for (int64_t o = a; o < e; o += 16) {
         const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 352;
         for (int64_t i = 0; i < ntile; i++) { /* tiles of near-equal size, at most 6 */
@@ -868,7 +866,6 @@ q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
             }
         }
     }
-    if (e < o1) moe_kern_mmq_rows_ref(w, xq, T, y, ldy, e, o1);
 }
 #endif /* MOE_X86 */
 

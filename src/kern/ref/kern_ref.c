@@ -139,35 +139,18 @@ int moe_kern_mmq_supported(int type) {
  * min m, spec gguf.md §9.6-9.7) against activation block 8·sb + j:
  *   acc[j] = fmaf(idot, (d·sc)·dx, acc[j]); acc[j] = fmaf(Σq, −((dmin·m)·dx), acc[j])
  * one running sum per sub-block position j, then ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
-static void q4k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
-    const uint8_t *sc = blk + 4;
-    const float d = f16(blk), dmin = f16(blk + 2);
-    for (int j = 0; j < 8; j++) {
-        int scj, mj;
-        moe_kscale(j, sc, &scj, &mj);
-        const uint8_t *q = blk + 16 + 32 * (j / 2);
-        const int sh = 4 * (j & 1);
-        const moe_q8a *x = a + j;
-        int32_t idot = 0;
-        for (int l = 0; l < 32; l++) idot += ((q[l] >> sh) & 15) * x->q[l];
-        const float d1 = d * (float)scj, m1 = dmin * (float)mj;
-        acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
-        acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
-    }
-}
-
-/* Q5_K: Q4_K's arithmetic on 5-bit values (the nibble plus bit j of qh[l] as 16) */
-static void q5k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
+/* one 256-value block of Q4_K (five = 0) or Q5_K (five = 1: the nibble plus bit j of qh[l] as 16) */
+static void qk_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8], int five) {
     const uint8_t *sc = blk + 4, *qh = blk + 16;
     const float d = f16(blk), dmin = f16(blk + 2);
     for (int j = 0; j < 8; j++) {
         int scj, mj;
         moe_kscale(j, sc, &scj, &mj);
-        const uint8_t *q = blk + 48 + 32 * (j / 2);
+        const uint8_t *q = blk + (five ? 48 : 16) + 32 * (j / 2);
         const int sh = 4 * (j & 1);
         const moe_q8a *x = a + j;
         int32_t idot = 0;
-        for (int l = 0; l < 32; l++) idot += (((q[l] >> sh) & 15) | ((qh[l] >> j) & 1) << 4) * x->q[l];
+        for (int l = 0; l < 32; l++) idot += (((q[l] >> sh) & 15) | (five ? ((qh[l] >> j) & 1) << 4 : 0)) * x->q[l];
         const float d1 = d * (float)scj, m1 = dmin * (float)mj;
         acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
         acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
@@ -180,13 +163,13 @@ static float q4k_tree(const float acc[8]) {
 
 float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
-    for (int64_t sb = 0; sb < nsb; sb++) q4k_block_acc(row + (size_t)sb * 144, a + sb * 8, acc);
+    for (int64_t sb = 0; sb < nsb; sb++) qk_block_acc(row + (size_t)sb * 144, a + sb * 8, acc, 0);
     return q4k_tree(acc);
 }
 
 float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
-    for (int64_t sb = 0; sb < nsb; sb++) q5k_block_acc(row + (size_t)sb * 176, a + sb * 8, acc);
+    for (int64_t sb = 0; sb < nsb; sb++) qk_block_acc(row + (size_t)sb * 176, a + sb * 8, acc, 1);
     return q4k_tree(acc);
 }
 
@@ -318,19 +301,16 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 }
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
-    if (w->type == MOE_KTYPE_Q4_K_R16) {
+    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_0_R16) { /* block by block, in file form */
+        const int k = w->type == MOE_KTYPE_Q4_K_R16;
+        const int64_t per = k ? 256 : 32;
         uint8_t blk[144];
-        for (int64_t sb = 0; sb < w->in / 256; sb++) {
-            q4kr_block(w, o, sb, blk);
-            moe_kern_dequant_row(MOE_DTYPE_Q4_K, blk, dst + 256 * sb, 256);
-        }
-        return;
-    }
-    if (w->type == MOE_KTYPE_Q5_0_R16) {
-        uint8_t blk[22];
-        for (int64_t b = 0; b < w->in / 32; b++) {
-            q5r_block(w, o, b, blk);
-            moe_kern_dequant_row(MOE_DTYPE_Q5_0, blk, dst + 32 * b, 32);
+        for (int64_t b = 0; b < w->in / per; b++) {
+            if (k)
+                q4kr_block(w, o, b, blk);
+            else
+                q5r_block(w, o, b, blk);
+            moe_kern_dequant_row(k ? MOE_DTYPE_Q4_K : MOE_DTYPE_Q5_0, blk, dst + per * b, per);
         }
         return;
     }
@@ -348,22 +328,12 @@ void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
 void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0,
                            int64_t o1) {
     const int64_t nb = w->in / 32;
-    if (w->type == MOE_DTYPE_Q4_K) {
+    if (w->type == MOE_DTYPE_Q4_K || w->type == MOE_DTYPE_Q5_K || w->type == MOE_DTYPE_Q6_K) {
+        float (*dot)(const uint8_t *, const moe_q8a *, int64_t) = w->type == MOE_DTYPE_Q4_K   ? moe_kern_q4k_dot_ref
+                                                                   : w->type == MOE_DTYPE_Q5_K ? moe_kern_q5k_dot_ref
+                                                                                               : moe_kern_q6k_dot_ref;
         for (int64_t o = o0; o < o1; o++)
-            for (int64_t t = 0; t < T; t++)
-                y[t * ldy + o] = moe_kern_q4k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
-        return;
-    }
-    if (w->type == MOE_DTYPE_Q5_K) {
-        for (int64_t o = o0; o < o1; o++)
-            for (int64_t t = 0; t < T; t++)
-                y[t * ldy + o] = moe_kern_q5k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
-        return;
-    }
-    if (w->type == MOE_DTYPE_Q6_K) {
-        for (int64_t o = o0; o < o1; o++)
-            for (int64_t t = 0; t < T; t++)
-                y[t * ldy + o] = moe_kern_q6k_dot_ref(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
+            for (int64_t t = 0; t < T; t++) y[t * ldy + o] = dot(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
     if (w->type == MOE_KTYPE_Q4_K_R16) {
@@ -373,7 +343,7 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                 float acc[8] = {0};
                 for (int64_t sb = 0; sb < nb / 8; sb++) {
                     q4kr_block(w, o, sb, blk);
-                    q4k_block_acc(blk, xq + t * nb + sb * 8, acc);
+                    qk_block_acc(blk, xq + t * nb + sb * 8, acc, 0);
                 }
                 y[t * ldy + o] = q4k_tree(acc);
             }
