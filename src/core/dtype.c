@@ -391,6 +391,54 @@ static void quant_q5_0_block(const float *restrict x, uint8_t *restrict y) {
     y[5] = (uint8_t)(qh >> 24);
 }
 
+/* Q6_K (spec gguf.md: ql[128] low 4 bits, qh[64] high 2 bits, 16 int8 scales, F16 d; value =
+ * d·sc·(u − 32)). moekit's own quantizer, no search: each 16-value sub-block's scale maps its
+ * signed value of largest magnitude to −32 (the code's widest end); the 16 scales are stored as
+ * int8 against d = (signed largest scale)/−128, and every value is re-quantized against the
+ * stored d·sc, rounded to nearest and clamped to [−32, 31]. */
+static void quant_q6_k_block(const float *restrict x, uint8_t *restrict y) {
+    float sc[16], smax = 0.0f, samax = 0.0f;
+    for (int i = 0; i < 16; i++) {
+        float amax = 0.0f, max = 0.0f;
+        for (int l = 0; l < 16; l++)
+            if (fabsf(x[16 * i + l]) > amax) {
+                amax = fabsf(x[16 * i + l]);
+                max = x[16 * i + l];
+            }
+        sc[i] = max / -32.0f;
+        if (fabsf(sc[i]) > samax) {
+            samax = fabsf(sc[i]);
+            smax = sc[i];
+        }
+    }
+    const float d = smax / -128.0f;
+    const uint16_t h = moe_f32_to_f16(d);
+    const float dq = moe_f16_to_f32(h), id = d != 0.0f ? 1.0f / d : 0.0f;
+    int8_t *scales = (int8_t *)(y + 192);
+    uint8_t u[256];
+    for (int i = 0; i < 16; i++) {
+        int q = nearest_int(sc[i] * id);
+        scales[i] = (int8_t)(q < -128 ? -128 : q > 127 ? 127 : q);
+        const float e = dq * (float)scales[i], ie = e != 0.0f ? 1.0f / e : 0.0f;
+        for (int l = 0; l < 16; l++) {
+            int v = nearest_int(x[16 * i + l] * ie);
+            v = v < -32 ? -32 : v > 31 ? 31 : v;
+            u[16 * i + l] = (uint8_t)(v + 32);
+        }
+    }
+    uint8_t *ql = y, *qh = y + 128;
+    memset(y, 0, 192);
+    for (int n = 0; n < 2; n++)
+        for (int m = 0; m < 4; m++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t v = u[128 * n + 32 * m + l];
+                ql[64 * n + 32 * (m & 1) + l] |= (uint8_t)((v & 15) << (4 * (m >> 1)));
+                qh[32 * n + l] |= (uint8_t)((v >> 4) << (2 * m));
+            }
+    y[208] = (uint8_t)h;
+    y[209] = (uint8_t)(h >> 8);
+}
+
 int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
     uint8_t *d8 = dst;
     switch (type) {
@@ -447,6 +495,10 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
     case MOE_DTYPE_Q4_K:
         if (n % 256) return MOE_ERR_INVAL;
         for (int64_t b = 0; b < n / 256; b++) quant_q4_k_block(src + b * 256, d8 + b * 144);
+        return 0;
+    case MOE_DTYPE_Q6_K:
+        if (n % 256) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 256; b++) quant_q6_k_block(src + b * 256, d8 + b * 210);
         return 0;
     default: return MOE_ERR_UNSUPPORTED;
     }

@@ -34,7 +34,8 @@ int moe_quantize_tensor_type(const char *name, int n_dims, const int64_t *ne, in
     if (keep_type(name, nd)) return type_in;
     int t = type;
     if (ne[0] % moe_dtype_block_size(t)) {
-        if (t == MOE_DTYPE_Q4_K) t = MOE_DTYPE_Q5_0; /* llama.cpp's fallback for K-quants */
+        if (t == MOE_DTYPE_Q4_K) t = MOE_DTYPE_Q5_0; /* llama.cpp's fallbacks for K-quants */
+        if (t == MOE_DTYPE_Q6_K) t = MOE_DTYPE_Q8_0;
         if (ne[0] % moe_dtype_block_size(t)) t = MOE_DTYPE_F16;
     }
     return t;
@@ -47,6 +48,7 @@ static int ftype_of(int type) {
     case MOE_DTYPE_Q4_0: return 2;
     case MOE_DTYPE_Q8_0: return 7;
     case MOE_DTYPE_Q4_K: return 14; /* LLAMA_FTYPE_MOSTLY_Q4_K_S: uniform Q4_K */
+    case MOE_DTYPE_Q6_K: return 18; /* LLAMA_FTYPE_MOSTLY_Q6_K */
     case MOE_DTYPE_BF16: return 32;
     default: return 0;
     }
@@ -127,9 +129,9 @@ static int skip_ftype(const char *key, void *ud) { return !strcmp(key, "general.
 moe_status moe_quantize(const char *in_path, const char *out_path, const moe_quantize_params *pp, char *err,
                         size_t errlen) {
     moe_quantize_params p = pp ? *pp : moe_quantize_default_params();
-    if (p.type != MOE_DTYPE_Q8_0 && p.type != MOE_DTYPE_Q4_0 && p.type != MOE_DTYPE_Q4_K && p.type != MOE_DTYPE_F16 &&
-        p.type != MOE_DTYPE_BF16 && p.type != MOE_DTYPE_F32) {
-        snprintf(err, errlen, "quantize: type must be q8_0, q4_0, q4_k, f16, bf16 or f32");
+    if (p.type != MOE_DTYPE_Q8_0 && p.type != MOE_DTYPE_Q4_0 && p.type != MOE_DTYPE_Q4_K && p.type != MOE_DTYPE_Q6_K &&
+        p.type != MOE_DTYPE_F16 && p.type != MOE_DTYPE_BF16 && p.type != MOE_DTYPE_F32) {
+        snprintf(err, errlen, "quantize: type must be q8_0, q4_0, q4_k, q6_k, f16, bf16 or f32");
         return MOE_ERR_INVAL;
     }
     moe_gguf *g = NULL;
