@@ -62,6 +62,17 @@ static void on_report(void *ud, const moe_quant_report *r) {
     (void)r;
 }
 
+/* an all-zero 256-value block quantizes and dequantizes to zeros */
+static void check_zeros(int type) {
+    float z[256] = {0}, y[256];
+    uint8_t q[256];
+    CHECK(moe_dtype_quant_row(type, z, q, 256) == 0, "%s zeros", moe_dtype_name(type));
+    moe_dtype_dequant_row(type, q, y, 256);
+    int nz = 0;
+    for (int i = 0; i < 256; i++) nz += y[i] != 0;
+    CHECK(nz == 0, "%s of zeros dequantizes to %d non-zeros", moe_dtype_name(type), nz);
+}
+
 int main(void) {
     /* ---- row quantizers ---- */
     enum { N = 4096 };
@@ -84,13 +95,9 @@ int main(void) {
     printf("relative RMS error: q6_k %.4f\n", e6k);
     CHECK(e6k < e4k && e6k < e50 && e6k < 0.03 && e6k > e8 / 4, "q6_k error %.4f (q4_k %.4f, q8_0 %.4f)", e6k, e4k, e8);
     {
-        float z6[256] = {0}, y6[256], r6[256];
+        float y6[256], r6[256];
         uint8_t q6[210];
-        CHECK(moe_dtype_quant_row(MOE_DTYPE_Q6_K, z6, q6, 256) == 0, "q6_k zeros");
-        moe_dtype_dequant_row(MOE_DTYPE_Q6_K, q6, y6, 256);
-        int nz6 = 0;
-        for (int i = 0; i < 256; i++) nz6 += y6[i] != 0;
-        CHECK(nz6 == 0, "q6_k of zeros dequantizes to %d non-zeros", nz6);
+        check_zeros(MOE_DTYPE_Q6_K);
         /* every 6-bit code reachable: a ramp over [-1, 1) in each 16-value sub-block */
         for (int i = 0; i < 256; i++) r6[i] = (float)(i % 16 - 8) / 8.0f * (1.0f + (float)(i / 16));
         moe_dtype_quant_row(MOE_DTYPE_Q6_K, r6, q6, 256);
@@ -103,11 +110,7 @@ int main(void) {
     /* Q4_K edge cases: all-zero block -> zeros; constant block; all negative */
     float z[256] = {0}, yz[256];
     uint8_t qz[144];
-    CHECK(moe_dtype_quant_row(MOE_DTYPE_Q4_K, z, qz, 256) == 0, "q4_k zeros");
-    moe_dtype_dequant_row(MOE_DTYPE_Q4_K, qz, yz, 256);
-    int nz = 0;
-    for (int i = 0; i < 256; i++) nz += yz[i] != 0;
-    CHECK(nz == 0, "q4_k of zeros dequantizes to %d non-zeros", nz);
+    check_zeros(MOE_DTYPE_Q4_K);
     for (int i = 0; i < 256; i++) z[i] = -0.5f - 0.001f * i;
     moe_dtype_quant_row(MOE_DTYPE_Q4_K, z, qz, 256);
     moe_dtype_dequant_row(MOE_DTYPE_Q4_K, qz, yz, 256);
