@@ -125,6 +125,18 @@ static inline size_t moe_r16_soff(int64_t nb, int64_t b) {
  * same bits as on the Q4_K original (the ref's eight running sums per row and their tree). */
 #define MOE_KTYPE_Q4_K_R16 0x100C
 #define MOE_Q4K_R16_BLOCK 2304
+/* Q6_K repacked for the VNNI kernels ("Q6_K R16"), never written to files: groups of 16 rows;
+ * each 256-value block of a group is 3360 bytes (16 × 210, so row_bytes stays 210·nsb):
+ *   [32: the 16 rows' d (F16)][4 × 64: int8 scales, word k lane j = row j's scales 4k..4k+3]
+ *   [32 × 64: ql, column c lane j = bytes 4c..4c+3 of row j's ql][16 × 64: qh, likewise]
+ * so activation block 4n + m of the block reads ql columns 16n + 8(m&1) + 0..7 (low nibbles for
+ * m < 2, high for m ≥ 2) and qh columns 8n + 0..7 (bits 2m, 2m+1), 16 rows per vector. Same
+ * bits as on the Q6_K original (moe_kern_q6k_dot_ref). */
+#define MOE_KTYPE_Q6_K_R16 0x100E
+#define MOE_Q6K_R16_BLOCK 3360
+/* Groups [g0, g1) of a Q6_K matrix (rows src_row_bytes apart) to Q6_K R16 at dst. */
+void moe_kern_repack_q6_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
 /* Q5_0 repacked for the VNNI kernels ("Q5_0 R16"), never written to files: groups of 16 rows;
  * each 32-value block of a group is 352 bytes (16 × 22, so row_bytes stays 22·nb):
  *   [32: the 16 rows' d (F16)][64: high bits, lane j = row j's qh permuted][4 × 64: nibbles,
@@ -144,7 +156,7 @@ static inline int moe_q5r_qh_bit(int p) {
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst);
 /* 1 when a view of this type and shape can be repacked (Q8_0 and Q5_0 with in a multiple of 32,
- * Q4_K with in a multiple of 256; out a multiple of 16). */
+ * Q4_K and Q6_K with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */
 void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,

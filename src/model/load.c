@@ -457,9 +457,10 @@ static moe_status bind_tensors(loader *l) {
     return MOE_OK;
 }
 
-/* ---- R16 repacking (kern.h): Q8_0, Q5_0 and Q4_K product weights into the VNNI kernels' layouts ----
+/* ---- R16 repacking (kern.h): Q8_0, Q5_0, Q4_K and Q6_K product weights into the VNNI kernels'
+ * layouts ----
  * Every product view (not the embedding table, which is read by rows) that points into a Q8_0,
- * Q5_0 or Q4_K tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
+ * Q5_0, Q4_K or Q6_K tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
  * a multiple of 16 rows and slice it at a multiple of 16 rows, and the tensor's rows are a
  * multiple of 16. The copy sits at the same byte offsets as in the file, so a view moves by
  * (its offset in the tensor) unchanged. Source pages of a file-backed model are released. */
@@ -495,6 +496,8 @@ static void rp_worker(void *arg, int ith, int nth) {
                 moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
             else if (t->type == MOE_DTYPE_Q5_0)
                 moe_kern_repack_q5_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+            else if (t->type == MOE_DTYPE_Q6_K)
+                moe_kern_repack_q6_k_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
             else
                 moe_kern_repack_q4_k_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
             /* whole pages inside this range: a private read-only file mapping refaults them from the
@@ -533,11 +536,12 @@ static moe_status repack(moe_model *m, int release_src) {
         for (size_t k = 0; k < sizeof sl / sizeof sl[0]; k++) v[nv++] = (rp_view){&sl[k]->w, sl[k]->stride};
     }
     v[nv++] = (rp_view){&m->output, 0};
-    /* the tensor of every Q8_0 / Q5_0 / Q4_K view, and whether all its views allow R16 */
+    /* the tensor of every Q8_0 / Q5_0 / Q4_K / Q6_K view, and whether all its views allow R16 */
     int64_t n_tensors = moe_gguf_n_tensors(m->g);
     for (size_t i = 0; i < nv; i++) {
         moe_wview *w = v[i].w;
-        if (!w->data || (w->type != MOE_DTYPE_Q8_0 && w->type != MOE_DTYPE_Q4_K && w->type != MOE_DTYPE_Q5_0)) {
+        if (!w->data || (w->type != MOE_DTYPE_Q8_0 && w->type != MOE_DTYPE_Q4_K && w->type != MOE_DTYPE_Q5_0 &&
+                         w->type != MOE_DTYPE_Q6_K)) {
             v[i].w = NULL;
             continue;
         }
@@ -599,7 +603,10 @@ static moe_status repack(moe_model *m, int release_src) {
                 if (ts[k].ok && v[i].w->data >= b && v[i].w->data < b + ts[k].t->nbytes) {
                     v[i].w->data = m->packed + ts[k].off + (size_t)(v[i].w->data - b);
                     const int tt = ts[k].t->type;
-                    v[i].w->type = tt == MOE_DTYPE_Q8_0 ? MOE_KTYPE_Q8_0_R16 : tt == MOE_DTYPE_Q5_0 ? MOE_KTYPE_Q5_0_R16 : MOE_KTYPE_Q4_K_R16;
+                    v[i].w->type = tt == MOE_DTYPE_Q8_0   ? MOE_KTYPE_Q8_0_R16
+                                   : tt == MOE_DTYPE_Q5_0 ? MOE_KTYPE_Q5_0_R16
+                                   : tt == MOE_DTYPE_Q6_K ? MOE_KTYPE_Q6_K_R16
+                                                          : MOE_KTYPE_Q4_K_R16;
                     break;
                 }
             }

@@ -410,10 +410,24 @@ static void fix_q4_k(uint8_t *row, int64_t o, int64_t in) {
     }
 }
 
+/* Q6_K: row 19 denormal d, 90 large; 7/77 scales all -128, 8/101 all 127 with every value 63 */
+static void fix_q6_k(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 256; b++) {
+        uint8_t *blk = row + (size_t)b * 210;
+        put_f16(blk + 208, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 30.0f : 0.001f));
+        if (o == 7 || o == 77) memset(blk + 192, 0x80, 16);
+        if (o == 8 || o == 101) {
+            memset(blk + 192, 0x7F, 16);
+            memset(blk, 0xFF, 192);
+        }
+    }
+}
+
 static void test_layouts(void) {
     CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
               !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48) && moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) &&
-              moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48),
+              moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48) &&
+              moe_kern_can_repack(MOE_DTYPE_Q6_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q6_K, 1408, 48),
           "can_repack: Q8_0 and Q5_0 with in a multiple of 32, Q4_K of 256, out a multiple of 16");
     uint32_t seen = 0;
     for (int q = 0; q < 32; q++) seen |= 1u << moe_q5r_qh_bit(q);
@@ -428,6 +442,7 @@ static void test_layouts(void) {
         {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
         {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
         {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 6, cuts, 4, 1},
+        {"q6_k r16", MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16, fix_q6_k, in_q4k, 3, t_q4k, 6, cuts, 4, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_layout(&cases[i]);
 }

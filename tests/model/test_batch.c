@@ -140,14 +140,14 @@ static void check_logits_out(const char *label, moe_model *m) {
 static void check_model(const char *label, const moe_init_config *cfg) {
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
-    if (cfg->dtype == MOE_DTYPE_Q4_K) { /* moe init writes F32; moe quantize makes the K-quant mix */
+    if (cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q6_K) { /* moe init writes F32; moe quantize the K-quants */
         char f32[1040];
         moe_init_config c32 = *cfg;
         c32.dtype = MOE_DTYPE_F32;
         snprintf(f32, sizeof f32, "%s.f32", path);
         CHECK(moe_init_write(&c32, NULL, f32, NULL, NULL, err, sizeof err) == MOE_OK, "%s: init: %s", label, err);
         moe_quantize_params qp = moe_quantize_default_params();
-        qp.type = MOE_DTYPE_Q4_K;
+        qp.type = cfg->dtype;
         qp.n_threads = 2;
         CHECK(moe_quantize(f32, path, &qp, err, sizeof err) == MOE_OK, "%s: quantize: %s", label, err);
     } else {
@@ -355,8 +355,9 @@ static void check_model(const char *label, const moe_init_config *cfg) {
         printf("%-10s %d tensors repacked to R16: logits %s the file layout's\n", label, m->n_packed,
                same ? "bit-identical to" : "DIFFER from");
         CHECK(same, "%s: repacked logits differ from the file layout's", label);
-        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_K) && moe_kern_level() == 2 && moe_kern_int8_enabled())
-            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_K model on a VNNI machine was not repacked", label);
+        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q6_K) && moe_kern_level() == 2 &&
+            moe_kern_int8_enabled())
+            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_K / Q6_K model on a VNNI machine was not repacked", label);
         moe_ctx_free(c1);
         moe_ctx_free(c0);
         moe_model_close(m0);
@@ -381,6 +382,8 @@ int main(void) {
     c.n_embd = 256; /* Q4_K needs rows of 256-value blocks */
     c.dtype = MOE_DTYPE_Q4_K;
     check_model("tiny-q4_k", &c);
+    c.dtype = MOE_DTYPE_Q6_K;
+    check_model("tiny-q6_k", &c);
     c = base;
     c.q_lora_rank = 0;
     c.gating = 1;

@@ -695,6 +695,26 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
     }
 }
 
+/* The K-quant R16 kernels' eight running sums per token (16 rows each): zeroed, and at the end
+ * combined by the refs' tree ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)) and stored, NT ≤ 2 tokens. */
+__attribute__((target("avx512f"), always_inline)) static inline void ksum_zero(__m512 acc[2][8], int NT) {
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++)
+            if (k < NT) acc[k][j] = _mm512_setzero_ps();
+}
+__attribute__((target("avx512f"), always_inline)) static inline void ksum_store(__m512 acc[2][8], int NT, float *y,
+                                                                                  int64_t ldy) {
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT) {
+            const __m512 *a = acc[k];
+            _mm512_storeu_ps(y + k * ldy, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                                                        _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]))));
+        }
+}
+
 /* Q4_K R16 (kern.h): 16 rows in the lanes of a zmm. Per 256-value block: the 16 rows' d and
  * dmin as floats, their 6-bit scales and mins unpacked from three words with moe_kscale8's
  * arithmetic lane-wise; per pair of sub-blocks 8 columns, each masked (low nibbles: sub-block
@@ -710,11 +730,7 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
     const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     __m512 acc[2][8];
-#pragma GCC unroll 2
-    for (int k = 0; k < 2; k++)
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++)
-            if (k < NT) acc[k][j] = _mm512_setzero_ps();
+    ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = g + (size_t)sb * MOE_Q4K_R16_BLOCK;
         for (int c = 0; c < 36; c++) _mm_prefetch((const char *)blk + MOE_Q4K_R16_BLOCK + 64 * c, _MM_HINT_T0);
@@ -774,13 +790,7 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
             }
         }
     }
-#pragma GCC unroll 2
-    for (int k = 0; k < 2; k++)
-        if (k < NT) {
-            const __m512 *a = acc[k];
-            _mm512_storeu_ps(y + k * ldy, _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
-                                                        _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]))));
-        }
+    ksum_store(acc, NT, y, ldy);
 }
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
@@ -864,6 +874,99 @@ q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
             Q5R_CASE(2)
             Q5R_CASE(1)
             }
+        }
+    }
+}
+
+/* Q6_K R16 (kern.h): 16 rows in the lanes. Per activation block j = 4n + m of a 256-value block
+ * and column c: the ql column masked or shifted (nibble) or-ed with the qh column's bits 2m, 2m+1
+ * moved to bits 4-5: the 6-bit u of 16 rows for vpdpbusd. Two chains per token (the block's two
+ * 16-value halves), started at −32·Σx of their half (hs); then the two int8 scales of 16 rows
+ * (sign-extended from the scale words) times the halves, summed exactly, and the ref's fma into
+ * running sum j. NT ≤ 2 tokens per pass. Each block prefetches the next (53 lines). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
+    const int64_t nsb = nb / 8;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[2][8];
+    ksum_zero(acc, NT);
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
+        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const int n = j / 4, m = j % 4;
+            const int64_t b = sb * 8 + j;
+            __m512i i0[2], i1[2];
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++)
+                if (k < NT) {
+                    i0[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2]);
+                    i1[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2 + 1]);
+                }
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                const __m512i lq = _mm512_loadu_si512(blk + 288 + 64 * (16 * n + 8 * (m & 1) + c));
+                const __m512i hq = _mm512_loadu_si512(blk + 2336 + 64 * (8 * n + c));
+                const __m512i nib = m < 2 ? _mm512_and_si512(lq, m4) : _mm512_and_si512(_mm512_srli_epi16(lq, 4), m4);
+                const __m512i hb = m == 0   ? _mm512_and_si512(_mm512_slli_epi16(hq, 4), m30)
+                                   : m == 1 ? _mm512_and_si512(_mm512_slli_epi16(hq, 2), m30)
+                                   : m == 2 ? _mm512_and_si512(hq, m30)
+                                            : _mm512_and_si512(_mm512_srli_epi16(hq, 2), m30);
+                const __m512i u = _mm512_or_si512(nib, hb);
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++)
+                    if (k < NT) {
+                        const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
+                        if (c < 4)
+                            i0[k] = _mm512_dpbusd_epi32(i0[k], u, xb);
+                        else
+                            i1[k] = _mm512_dpbusd_epi32(i1[k], u, xb);
+                    }
+            }
+            const int s0 = 8 * n + 2 * m, s1 = s0 + 1; /* scale indices: word s/4, byte s%4, sign-extended */
+            const __m512i w0 = _mm512_loadu_si512(blk + 32 + 64 * (s0 / 4)), w1 = _mm512_loadu_si512(blk + 32 + 64 * (s1 / 4));
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(w0, 24 - 8 * (s0 % 4)), 24);
+            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++)
+                if (k < NT) {
+                    const __m512i isum = _mm512_add_epi32(_mm512_mullo_epi32(sc0, i0[k]), _mm512_mullo_epi32(sc1, i1[k]));
+                    acc[k][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)), acc[k][j]);
+                }
+        }
+    }
+    ksum_store(acc, NT, y, ldy);
+}
+
+#define Q6KR_MAXNB 1024 /* rows of up to 32768 values; longer ones the ref */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q6kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32, nsb = nb / 8;
+    if (nb > Q6KR_MAXNB) {
+        moe_kern_mmq_rows_ref(w, xq, T, y, ldy, o0, o1);
+        return;
+    }
+    int64_t a, e;
+    if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
+    int32_t hs[2 * Q6KR_MAXNB * 2]; /* per token of the pass and block: 32·Σx of each 16-value half */
+    for (int64_t t = 0; t < T; t += 2) {
+        const int nt = T - t < 2 ? (int)(T - t) : 2;
+        for (int k = 0; k < nt; k++)
+            for (int64_t b = 0; b < nb; b++) {
+                const moe_q8a *x = xq + (t + k) * nb + b;
+                int32_t h0 = 0;
+                for (int l = 0; l < 16; l++) h0 += x->q[l];
+                hs[(k * nb + b) * 2] = 32 * h0;
+                hs[(k * nb + b) * 2 + 1] = 32 * (x->s - h0);
+            }
+        for (int64_t o = a; o < e; o += 16) {
+            const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q6K_R16_BLOCK;
+            if (nt == 2)
+                q6kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy, hs);
+            else
+                q6kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy, hs);
         }
     }
 }
@@ -958,12 +1061,15 @@ static mmq_fn mmq_form(int type, int level) {
                : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
                : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
                : type == MOE_KTYPE_Q5_0_R16 ? q5r_vnni
+               : type == MOE_KTYPE_Q6_K_R16 ? q6kr_vnni
                                             : mmq_vnni;
     if (level == 1)
         return type == MOE_DTYPE_Q4_K                                         ? q4k_avx2
                : type == MOE_DTYPE_Q5_K                                       ? q5k_avx2
                : type == MOE_DTYPE_Q6_K                                       ? q6k_avx2
-               : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ? NULL
+               : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ||
+                       type == MOE_KTYPE_Q6_K_R16
+                   ? NULL
                                                                               : mmq_avx2;
 #endif
 #if defined(__aarch64__)

@@ -132,7 +132,7 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
            type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q5_K ||
-           type == MOE_DTYPE_Q6_K;
+           type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -173,35 +173,37 @@ float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     return q4k_tree(acc);
 }
 
-/* Q6_K row · activation blocks (kern.h) */
+/* Q6_K row · activation blocks (kern.h): one 256-value block into the 8 running sums */
+static void q6k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    const float d = f16(blk + 208);
+    for (int j = 0; j < 8; j++) {
+        const int n = j / 4, m = j % 4;
+        const moe_q8a *x = a + j;
+        int32_t i0 = 0, i1 = 0;
+        for (int l = 0; l < 32; l++) {
+            const int u = ((ql[64 * n + 32 * (m & 1) + l] >> (4 * (m >> 1))) & 15) | ((qh[32 * n + l] >> (2 * m)) & 3) << 4;
+            if (l < 16)
+                i0 += (u - 32) * x->q[l];
+            else
+                i1 += (u - 32) * x->q[l];
+        }
+        const int32_t isum = sc[8 * n + 2 * m] * i0 + sc[8 * n + 2 * m + 1] * i1;
+        acc[j] = fmaf((float)isum, d * x->d, acc[j]);
+    }
+}
+
 float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = row + (size_t)sb * 210, *ql = blk, *qh = blk + 128;
-        const int8_t *sc = (const int8_t *)(blk + 192);
-        const float d = f16(blk + 208);
-        for (int j = 0; j < 8; j++) {
-            const int n = j / 4, m = j % 4;
-            const moe_q8a *x = a + sb * 8 + j;
-            int32_t i0 = 0, i1 = 0;
-            for (int l = 0; l < 32; l++) {
-                const int u = ((ql[64 * n + 32 * (m & 1) + l] >> (4 * (m >> 1))) & 15) | ((qh[32 * n + l] >> (2 * m)) & 3) << 4;
-                if (l < 16)
-                    i0 += (u - 32) * x->q[l];
-                else
-                    i1 += (u - 32) * x->q[l];
-            }
-            const int32_t isum = sc[8 * n + 2 * m] * i0 + sc[8 * n + 2 * m + 1] * i1;
-            acc[j] = fmaf((float)isum, d * x->d, acc[j]);
-        }
-    }
+    for (int64_t sb = 0; sb < nsb; sb++) q6k_block_acc(row + (size_t)sb * 210, a + sb * 8, acc);
     return q4k_tree(acc);
 }
 
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K ? 256 : 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
     return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
 }
 
@@ -238,6 +240,32 @@ void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
                 for (int c = 0; c < 4; c++) memcpy(o + 96 + 64 * c + 4 * j, blk + 6 + 4 * c, 4);
             }
         }
+}
+
+void moe_kern_repack_q6_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    const int64_t nsb = in / 256;
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            uint8_t *o = dst + ((size_t)g * (size_t)nsb + (size_t)sb) * MOE_Q6K_R16_BLOCK;
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)sb * 210;
+                memcpy(o + 2 * j, blk + 208, 2);
+                for (int k = 0; k < 4; k++) memcpy(o + 32 + 64 * k + 4 * j, blk + 192 + 4 * k, 4);
+                for (int c = 0; c < 32; c++) memcpy(o + 288 + 64 * c + 4 * j, blk + 4 * c, 4);
+                for (int c = 0; c < 16; c++) memcpy(o + 2336 + 64 * c + 4 * j, blk + 128 + 4 * c, 4);
+            }
+        }
+}
+
+/* row o's 256-value block sb of a Q6_K R16 view back in Q6_K form (210 bytes) */
+static void q6kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t blk[210]) {
+    const uint8_t *b = w->data + ((size_t)(o / 16) * (size_t)(w->in / 256) + (size_t)sb) * MOE_Q6K_R16_BLOCK;
+    const int j = (int)(o % 16);
+    memcpy(blk + 208, b + 2 * j, 2);
+    for (int k = 0; k < 4; k++) memcpy(blk + 192 + 4 * k, b + 32 + 64 * k + 4 * j, 4);
+    for (int c = 0; c < 32; c++) memcpy(blk + 4 * c, b + 288 + 64 * c + 4 * j, 4);
+    for (int c = 0; c < 16; c++) memcpy(blk + 128 + 4 * c, b + 2336 + 64 * c + 4 * j, 4);
 }
 
 /* row o's block b of a Q5_0 R16 view back in Q5_0 form (22 bytes) */
@@ -301,16 +329,19 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 }
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
-    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_0_R16) { /* block by block, in file form */
-        const int k = w->type == MOE_KTYPE_Q4_K_R16;
-        const int64_t per = k ? 256 : 32;
-        uint8_t blk[144];
+    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q6_K_R16) {
+        /* block by block, in file form */
+        const int64_t per = w->type == MOE_KTYPE_Q5_0_R16 ? 32 : 256;
+        uint8_t blk[210];
         for (int64_t b = 0; b < w->in / per; b++) {
-            if (k)
+            if (w->type == MOE_KTYPE_Q4_K_R16)
                 q4kr_block(w, o, b, blk);
+            else if (w->type == MOE_KTYPE_Q6_K_R16)
+                q6kr_block(w, o, b, blk);
             else
                 q5r_block(w, o, b, blk);
-            moe_kern_dequant_row(k ? MOE_DTYPE_Q4_K : MOE_DTYPE_Q5_0, blk, dst + per * b, per);
+            const int ft = w->type == MOE_KTYPE_Q4_K_R16 ? MOE_DTYPE_Q4_K : w->type == MOE_KTYPE_Q6_K_R16 ? MOE_DTYPE_Q6_K : MOE_DTYPE_Q5_0;
+            moe_kern_dequant_row(ft, blk, dst + per * b, per);
         }
         return;
     }
@@ -336,14 +367,20 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             for (int64_t t = 0; t < T; t++) y[t * ldy + o] = dot(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
-    if (w->type == MOE_KTYPE_Q4_K_R16) {
-        uint8_t blk[144];
+    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q6_K_R16) { /* block by block, in file form */
+        const int six = w->type == MOE_KTYPE_Q6_K_R16;
+        uint8_t blk[210];
         for (int64_t o = o0; o < o1; o++)
             for (int64_t t = 0; t < T; t++) {
                 float acc[8] = {0};
                 for (int64_t sb = 0; sb < nb / 8; sb++) {
-                    q4kr_block(w, o, sb, blk);
-                    qk_block_acc(blk, xq + t * nb + sb * 8, acc, 0);
+                    if (six) {
+                        q6kr_block(w, o, sb, blk);
+                        q6k_block_acc(blk, xq + t * nb + sb * 8, acc);
+                    } else {
+                        q4kr_block(w, o, sb, blk);
+                        qk_block_acc(blk, xq + t * nb + sb * 8, acc, 0);
+                    }
                 }
                 y[t * ldy + o] = q4k_tree(acc);
             }
