@@ -94,19 +94,18 @@ moe_membw *moe_membw_new(size_t bytes) {
 
 double moe_membw_run(moe_membw *b, moe_pool *pool, int reps) {
     bw_job j = {b->buf, b->bytes / sizeof(float), 1, {0}};
+    int max_streams = 1; /* the scalar/AVX2 pass reads one stream per thread */
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) max_streams = 8;
+#endif
     double best = 0.0;
     for (int r = 0; r < reps; r++)
-        for (int streams = 1; streams <= 8; streams *= 2) {
+        for (int streams = 1; streams <= max_streams; streams *= 2) {
             j.streams = streams;
             double t0 = moe_now();
             moe_pool_run(pool, bw_worker, &j);
             double dt = moe_now() - t0;
             if (dt > 0 && (double)b->bytes / dt > best) best = (double)b->bytes / dt;
-#if defined(__x86_64__)
-            if (moe_kern_level() != 2) break; /* one pattern only */
-#else
-            break;
-#endif
         }
     return best;
 }

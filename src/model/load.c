@@ -484,6 +484,23 @@ typedef struct {
     const uint8_t *keep0, *keep1; /* bytes that must stay mapped: the embedding table */
 } rp_job;
 
+/* the file types that have an R16 layout: its in-memory type and its repacking */
+typedef struct {
+    int type, ktype;
+    void (*repack)(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst);
+} r16_kind;
+static const r16_kind k_r16[] = {
+    {MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16},
+    {MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16},
+    {MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16},
+    {MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16},
+};
+static const r16_kind *r16_form(int type) {
+    for (size_t i = 0; i < sizeof k_r16 / sizeof k_r16[0]; i++)
+        if (k_r16[i].type == type) return &k_r16[i];
+    return NULL;
+}
+
 static void rp_worker(void *arg, int ith, int nth) {
     rp_job *j = arg;
     int64_t g0 = j->total * ith / nth, g1 = j->total * (ith + 1) / nth, base = 0;
@@ -492,14 +509,7 @@ static void rp_worker(void *arg, int ith, int nth) {
         const size_t rb = moe_dtype_row_bytes(t->type, t->ne[0]);
         const int64_t ng = (int64_t)(t->nbytes / rb) / 16, a = g0 > base ? g0 - base : 0, b = g1 - base < ng ? g1 - base : ng;
         if (j->ts[k].ok && a < b) {
-            if (t->type == MOE_DTYPE_Q8_0)
-                moe_kern_repack_q8_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
-            else if (t->type == MOE_DTYPE_Q5_0)
-                moe_kern_repack_q5_0_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
-            else if (t->type == MOE_DTYPE_Q6_K)
-                moe_kern_repack_q6_k_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
-            else
-                moe_kern_repack_q4_k_r16(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
+            r16_form(t->type)->repack(t->data, rb, t->ne[0], a, b, j->dst + j->ts[k].off);
             /* whole pages inside this range: a private read-only file mapping refaults them from the
              * file if anything reads them again, so peak memory stays near one copy of the model */
             const uint8_t *s0 = (const uint8_t *)t->data + (size_t)a * 16 * rb, *s1 = (const uint8_t *)t->data + (size_t)b * 16 * rb;
@@ -540,8 +550,7 @@ static moe_status repack(moe_model *m, int release_src) {
     int64_t n_tensors = moe_gguf_n_tensors(m->g);
     for (size_t i = 0; i < nv; i++) {
         moe_wview *w = v[i].w;
-        if (!w->data || (w->type != MOE_DTYPE_Q8_0 && w->type != MOE_DTYPE_Q4_K && w->type != MOE_DTYPE_Q5_0 &&
-                         w->type != MOE_DTYPE_Q6_K)) {
+        if (!w->data || !r16_form(w->type)) {
             v[i].w = NULL;
             continue;
         }
@@ -602,11 +611,7 @@ static moe_status repack(moe_model *m, int release_src) {
                 const uint8_t *b = ts[k].t->data;
                 if (ts[k].ok && v[i].w->data >= b && v[i].w->data < b + ts[k].t->nbytes) {
                     v[i].w->data = m->packed + ts[k].off + (size_t)(v[i].w->data - b);
-                    const int tt = ts[k].t->type;
-                    v[i].w->type = tt == MOE_DTYPE_Q8_0   ? MOE_KTYPE_Q8_0_R16
-                                   : tt == MOE_DTYPE_Q5_0 ? MOE_KTYPE_Q5_0_R16
-                                   : tt == MOE_DTYPE_Q6_K ? MOE_KTYPE_Q6_K_R16
-                                                          : MOE_KTYPE_Q4_K_R16;
+                    v[i].w->type = r16_form(ts[k].t->type)->ktype;
                     break;
                 }
             }
