@@ -577,14 +577,16 @@ static int r16_span(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, 
  * live (≤ 30 registers), the float sums in registers over the whole row (exact ref order).
  * Each group is one stream, read front to back in 1088-byte pairs of blocks; each pair
  * prefetches the pair two ahead (17 lines, 2 KB on), running on into the next group (or past
- * the matrix: a prefetch does not fault). Measured (docs/performance.md, fourth pass): G
+ * the matrix: a prefetch does not fault). With nx set it prefetches nl lines a block of the
+ * range at nx into L2 instead (the caller's next groups, see mmq_r16_vnni). Measured (docs/performance.md, fourth pass): G
  * streams per thread read faster than one (a read loop on 2 threads: 1 stream 53 GB/s, 2
  * streams 58, 4 streams 63), and halving the broadcast loads per vpdpbusd (the limit: with a
  * broadcast memory operand it ran at ~70 % of the register-operand rate) made two groups
  * compute 15-30 % faster than one at T 3-16 in L3-resident products. A scale stream kept apart
  * from the weights cost ~20 % of the streaming rate; 1 pair or 4+ pairs ahead streamed slower. */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy) {
+r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy, const char *nx,
+          int64_t nl) {
     const size_t gs = (size_t)nb * 544;
     __m512 acc[4][6];
 #pragma GCC unroll 4
@@ -593,7 +595,9 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
         for (int k = 0; k < 6; k++)
             if (i < G && k < NT) acc[i][k] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        if (!(b & 1)) {
+        if (nx) {
+            for (int64_t l = 0; l < nl; l++) _mm_prefetch(nx + 64 * (nl * b + l), _MM_HINT_T1);
+        } else if (!(b & 1)) {
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++)
                 if (i < G) {
@@ -646,7 +650,7 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
 
 /* r16_multi for G groups and n tokens (compile-time constants in every case) */
 #define R16_CASE(G, n)                                                                                                 \
-    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy); break;
+    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy, nx, nl); break;
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -663,16 +667,29 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
         /* Up to 3 tokens: quads of groups (4 streams), then a pair, then a last single group;
          * more tokens: pairs, then a single group, in tiles of near-equal size of at most 6
          * (13 tokens are 4+4+5, not 6+6+1: a 1-token pass costs a weight pass for a sixth of
-         * the work). No L2 prefetch further ahead: on 2 threads the pair's two
+         * the work). One tile: no L2 prefetch further ahead (on 2 threads the pair's two
          * streams read at 98-114 % of a one-stream read loop at T 1-2 and 90-96 % at T 4-6
-         * without one, 78-96 % with the next pair prefetched, and no better at T 8-48. */
+         * without one, 78-96 % with the next pair prefetched). Several tiles: only the first
+         * reads memory, the others run on L1/L2, so memory sat idle while they computed (the
+         * 222 MB head at T 16 took about the sum of its memory and compute times). Each tile
+         * after the range's first therefore prefetches its share of the next groups into L2,
+         * and those groups' first tile finds them there: the head at T 16 8.1 -> 5.7 ms, T 12
+         * 6.3 -> 5.5 ms in a harness. */
         const int64_t ntile = (L + 5) / 6;
         int64_t o = a;
         for (int G = L <= 3 ? 4 : 2; G >= 1; G /= 2)
             for (; o + 16 * G <= e; o += 16 * G) {
                 const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+                const int64_t nlines = (int64_t)G * nb * 544 / 64;
                 for (int64_t i = 0; i < ntile; i++) {
                     const int64_t t0 = s0 + L * i / ntile;
+                    const char *nx = NULL;
+                    int64_t nl = 0;
+                    if (ntile > 1 && (i > 0 || o > a)) {
+                        const int64_t q0 = nlines * i / ntile, q1 = nlines * (i + 1) / ntile;
+                        nx = (const char *)g + (size_t)G * (size_t)nb * 544 + 64 * (size_t)q0;
+                        nl = (q1 - q0 + nb - 1) / nb;
+                    }
                     switch (8 * G + (int)(s0 + L * (i + 1) / ntile - t0)) {
                     R16_CASE(4, 1)
                     R16_CASE(4, 2)
