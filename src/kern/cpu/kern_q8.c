@@ -737,9 +737,9 @@ __attribute__((target("avx512f"), always_inline)) static inline void ksum_store(
  * arithmetic lane-wise; per pair of sub-blocks 8 columns, each masked (low nibbles: sub-block
  * 2p) and shifted (high: 2p+1) into vpdpbusd's unsigned operand against the token's broadcast
  * activation dword; then per sub-block j the ref's two fmas into running sum j (8 per token,
- * as moe_kern_q4k_dot_ref keeps them), and the ref's tree at the end. NT ≤ 2 tokens per pass
- * (16 float sums); more tokens run in passes over the group's row, which stays in L1/L2. Each
- * block prefetches the block after it (36 lines, 2.3 KB on). */
+ * as moe_kern_q4k_dot_ref keeps them), and the ref's tree at the end. NT ≤ 2 tokens (16 float
+ * sums), for 1 or 2 tokens; from KR_MANY_MIN tokens on, q4kr_many. Each block prefetches the
+ * block after it (36 lines, 2.3 KB on). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
     const int64_t nsb = nb / 8;
@@ -810,6 +810,113 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
     ksum_store(acc, NT, y, ldy);
 }
 
+/* ksum_zero and ksum_store for the many-token kernels' running sums, kept in memory */
+__attribute__((target("avx512f"))) static void ksum_zero_many(float (*acc)[8][16], int64_t T) {
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 0; j < 8; j++) _mm512_store_ps(acc[t][j], _mm512_setzero_ps());
+}
+__attribute__((target("avx512f"))) static void ksum_store_many(float (*acc)[8][16], int64_t T, float *y, int64_t ldy) {
+    for (int64_t t = 0; t < T; t++) {
+        float(*a)[16] = acc[t];
+        const __m512 s04 = _mm512_add_ps(_mm512_load_ps(a[0]), _mm512_load_ps(a[4]));
+        const __m512 s26 = _mm512_add_ps(_mm512_load_ps(a[2]), _mm512_load_ps(a[6]));
+        const __m512 s15 = _mm512_add_ps(_mm512_load_ps(a[1]), _mm512_load_ps(a[5]));
+        const __m512 s37 = _mm512_add_ps(_mm512_load_ps(a[3]), _mm512_load_ps(a[7]));
+        _mm512_storeu_ps(y + t * ldy, _mm512_add_ps(_mm512_add_ps(s04, s26), _mm512_add_ps(s15, s37)));
+    }
+}
+
+/* Q4_K R16 over many tokens (3 to Q4KR_TC per call): the same arithmetic as q4kr_group, the
+ * loops turned so each pair of sub-blocks is unpacked once (16 columns of 4-bit values, the
+ * scales times d and the negated mins times dmin, in registers) and then runs over all the
+ * tokens, two at a time, their eight running sums each kept in a stack buffer (Q4KR_TC × 2 KB,
+ * in L1). Every (token, sub-block) sum sees the ref's fmas in the ref's order: −(m·dx) and
+ * (−m)·dx are the same float. */
+#define Q4KR_TC 24
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q4kr_tok(const __m512i lo[8], const __m512i hi[8], const __m512 d1[2], const __m512 nm1[2], const moe_q8a *xb,
+         int64_t nb, int p, float (*acc)[8][16], int NT) {
+    __m512i i0[2], i1[2], i0b[2], i1b[2];
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT) i0[k] = i1[k] = i0b[k] = i1b[k] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++)
+#pragma GCC unroll 2
+        for (int k = 0; k < 2; k++)
+            if (k < NT) {
+                const moe_q8a *a = xb + k * nb + 2 * p;
+                const __m512i x0 = _mm512_set1_epi32(((const int32_t *)(const void *)a[0].q)[c]);
+                const __m512i x1 = _mm512_set1_epi32(((const int32_t *)(const void *)a[1].q)[c]);
+                if (c < 4) {
+                    i0[k] = _mm512_dpbusd_epi32(i0[k], lo[c], x0);
+                    i1[k] = _mm512_dpbusd_epi32(i1[k], hi[c], x1);
+                } else {
+                    i0b[k] = _mm512_dpbusd_epi32(i0b[k], lo[c], x0);
+                    i1b[k] = _mm512_dpbusd_epi32(i1b[k], hi[c], x1);
+                }
+            }
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT)
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const moe_q8a *a = xb + k * nb + 2 * p + h;
+                const __m512 dx = _mm512_set1_ps(a->d);
+                const __m512i is = h ? _mm512_add_epi32(i1[k], i1b[k]) : _mm512_add_epi32(i0[k], i0b[k]);
+                float *ap = acc[k][2 * p + h];
+                __m512 A = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(d1[h], dx), _mm512_load_ps(ap));
+                _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_set1_ps((float)a->s), _mm512_mul_ps(nm1[h], dx), A));
+            }
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy) {
+    const int64_t nsb = nb / 8;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), mff = _mm512_set1_epi32(0xFF);
+    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    _Alignas(64) float acc[Q4KR_TC][8][16];
+    ksum_zero_many(acc, T);
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = g + (size_t)sb * MOE_Q4K_R16_BLOCK;
+        for (int c = 0; c < 36; c++) _mm_prefetch((const char *)blk + MOE_Q4K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
+        const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
+        const __m512i sc[2] = {_mm512_and_si512(w0, k3f),
+                               _mm512_or_si512(_mm512_and_si512(w2, k0f), _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30))};
+        const __m512i mn[2] = {_mm512_and_si512(w1, k3f), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
+                                                                          _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30))};
+        const moe_q8a *xb = xq + sb * 8;
+        for (int p = 0; p < 4; p++) {
+            __m512i lo[8], hi[8];
+            __m512 d1[2], nm1[2];
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                const __m512i q = _mm512_loadu_si512(blk + 256 + 512 * p + 64 * c);
+                lo[c] = _mm512_and_si512(q, m4);
+                hi[c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            }
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const int j = 2 * p + h;
+                d1[h] = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(sc[j / 4], _mm512_set1_epi32(8 * (j % 4))), mff)));
+                nm1[h] = _mm512_castsi512_ps(_mm512_xor_si512(
+                    _mm512_castps_si512(_mm512_mul_ps(mv, _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(mn[j / 4], _mm512_set1_epi32(8 * (j % 4))), mff)))),
+                    sign));
+            }
+            int64_t t = 0;
+            for (; t + 2 <= T; t += 2) q4kr_tok(lo, hi, d1, nm1, xb + t * nb, nb, p, acc + t, 2);
+            if (t < T) q4kr_tok(lo, hi, d1, nm1, xb + t * nb, nb, p, acc + t, 1);
+        }
+    }
+    ksum_store_many(acc, T, y, ldy);
+}
+
+/* from 3 tokens on, the many-token forms (Q4_K: 3 tokens +6 %, 16 tokens +30 % in L2; Q6_K: +38 %
+ * and 2.3×) */
+#define KR_MANY_MIN 3
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32, nsb = nb / 8;
@@ -817,6 +924,14 @@ q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ld
     if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     for (int64_t o = a; o < e; o += 16) {
         const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q4K_R16_BLOCK;
+        if (T >= KR_MANY_MIN) {
+            const int64_t nc = (T + Q4KR_TC - 1) / Q4KR_TC;
+            for (int64_t i = 0; i < nc; i++) {
+                const int64_t t0 = T * i / nc;
+                q4kr_many(g, xq + t0 * nb, nb, T * (i + 1) / nc - t0, y + t0 * ldy + o, ldy);
+            }
+            continue;
+        }
         int64_t t = 0;
         for (; t + 2 <= T; t += 2) q4kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy);
         if (t < T) q4kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy);
@@ -900,7 +1015,8 @@ q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
  * moved to bits 4-5: the 6-bit u of 16 rows for vpdpbusd. Two chains per token (the block's two
  * 16-value halves), started at −32·Σx of their half (hs); then the two int8 scales of 16 rows
  * (sign-extended from the scale words) times the halves, summed exactly, and the ref's fma into
- * running sum j. NT ≤ 2 tokens per pass. Each block prefetches the next (53 lines). */
+ * running sum j. NT ≤ 2 tokens per pass, for up to 2 tokens (from KR_MANY_MIN on, q6kr_many).
+ * Each block prefetches the next (53 lines). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
     const int64_t nsb = nb / 8;
@@ -957,6 +1073,90 @@ q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
     ksum_store(acc, NT, y, ldy);
 }
 
+/* Q6_K R16 over many tokens (3 to Q4KR_TC per call), as q4kr_many does Q4_K: each activation
+ * block's 16 columns of 6-bit values and two scale vectors are assembled once and run over all
+ * the tokens, two at a time; hs holds 32·Σx of each half block for every token (hs[(t·nb + b)·2]). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a *xq, int64_t nb, int64_t b,
+         const int32_t *hs, float (*acc)[8][16], int j, int NT) {
+    __m512i i0[2], i1[2];
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT) {
+            i0[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2]);
+            i1[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2 + 1]);
+        }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++)
+#pragma GCC unroll 2
+        for (int k = 0; k < 2; k++)
+            if (k < NT) {
+                const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
+                if (c < 4)
+                    i0[k] = _mm512_dpbusd_epi32(i0[k], u[c], xb);
+                else
+                    i1[k] = _mm512_dpbusd_epi32(i1[k], u[c], xb);
+            }
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
+        if (k < NT) {
+            const __m512i isum = _mm512_add_epi32(_mm512_mullo_epi32(sc0, i0[k]), _mm512_mullo_epi32(sc1, i1[k]));
+            float *ap = acc[k][j];
+            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)),
+                                                _mm512_load_ps(ap)));
+        }
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q6kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy, const int32_t *hs) {
+    const int64_t nsb = nb / 8;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    _Alignas(64) float acc[Q4KR_TC][8][16];
+    ksum_zero_many(acc, T);
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
+        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const int n = j / 4, m = j % 4;
+            const int64_t b = sb * 8 + j;
+            __m512i u[8];
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                const __m512i lq = _mm512_loadu_si512(blk + 288 + 64 * (16 * n + 8 * (m & 1) + c));
+                const __m512i hq = _mm512_loadu_si512(blk + 2336 + 64 * (8 * n + c));
+                const __m512i nib = m < 2 ? _mm512_and_si512(lq, m4) : _mm512_and_si512(_mm512_srli_epi16(lq, 4), m4);
+                const __m512i hb = m == 0   ? _mm512_and_si512(_mm512_slli_epi16(hq, 4), m30)
+                                   : m == 1 ? _mm512_and_si512(_mm512_slli_epi16(hq, 2), m30)
+                                   : m == 2 ? _mm512_and_si512(hq, m30)
+                                            : _mm512_and_si512(_mm512_srli_epi16(hq, 2), m30);
+                u[c] = _mm512_or_si512(nib, hb);
+            }
+            const int s0 = 8 * n + 2 * m, s1 = s0 + 1;
+            const __m512i w0 = _mm512_loadu_si512(blk + 32 + 64 * (s0 / 4)), w1 = _mm512_loadu_si512(blk + 32 + 64 * (s1 / 4));
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(w0, 24 - 8 * (s0 % 4)), 24);
+            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
+            int64_t t = 0;
+            for (; t + 2 <= T; t += 2) q6kr_tok(u, sc0, sc1, dv, xq + t * nb, nb, b, hs + t * nb * 2, acc + t, j, 2);
+            if (t < T) q6kr_tok(u, sc0, sc1, dv, xq + t * nb, nb, b, hs + t * nb * 2, acc + t, j, 1);
+        }
+    }
+    ksum_store_many(acc, T, y, ldy);
+}
+
+/* 32·Σx of each 16-value half of blocks [0, nb) of tokens [0, n) (q6kr_group's and q6kr_many's hs) */
+static void q6k_halves(const moe_q8a *xq, int64_t nb, int64_t n, int32_t *hs) {
+    for (int64_t k = 0; k < n; k++)
+        for (int64_t b = 0; b < nb; b++) {
+            const moe_q8a *x = xq + k * nb + b;
+            int32_t h0 = 0;
+            for (int l = 0; l < 16; l++) h0 += x->q[l];
+            hs[(k * nb + b) * 2] = 32 * h0;
+            hs[(k * nb + b) * 2 + 1] = 32 * (x->s - h0);
+        }
+}
+
 #define Q6KR_MAXNB 1024 /* rows of up to 32768 values; longer ones the ref */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q6kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -967,17 +1167,25 @@ q6kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ld
     }
     int64_t a, e;
     if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
-    int32_t hs[2 * Q6KR_MAXNB * 2]; /* per token of the pass and block: 32·Σx of each 16-value half */
+    /* per token and block: 32·Σx of each 16-value half; 48 KB, enough for Q4KR_TC tokens of
+     * rows up to 6144 values and 6 tokens of the longest */
+    int32_t hs[12288];
+    if (T >= KR_MANY_MIN) {
+        int64_t tc = 12288 / (2 * nb);
+        tc = tc < Q4KR_TC ? tc : Q4KR_TC;
+        const int64_t nc = (T + tc - 1) / tc;
+        for (int64_t i = 0; i < nc; i++) {
+            const int64_t t0 = T * i / nc, n = T * (i + 1) / nc - t0;
+            q6k_halves(xq + t0 * nb, nb, n, hs);
+            for (int64_t o = a; o < e; o += 16)
+                q6kr_many(w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q6K_R16_BLOCK, xq + t0 * nb, nb, n,
+                          y + t0 * ldy + o, ldy, hs);
+        }
+        return;
+    }
     for (int64_t t = 0; t < T; t += 2) {
         const int nt = T - t < 2 ? (int)(T - t) : 2;
-        for (int k = 0; k < nt; k++)
-            for (int64_t b = 0; b < nb; b++) {
-                const moe_q8a *x = xq + (t + k) * nb + b;
-                int32_t h0 = 0;
-                for (int l = 0; l < 16; l++) h0 += x->q[l];
-                hs[(k * nb + b) * 2] = 32 * h0;
-                hs[(k * nb + b) * 2 + 1] = 32 * (x->s - h0);
-            }
+        q6k_halves(xq + t * nb, nb, nt, hs);
         for (int64_t o = a; o < e; o += 16) {
             const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q6K_R16_BLOCK;
             if (nt == 2)
