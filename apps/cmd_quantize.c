@@ -11,9 +11,10 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: moe quantize IN.gguf OUT.gguf TYPE [-t N] [-q] [--report]\n\n"
-            "TYPE: q8_0, q4_0, q4_k, q6_k (also f16, bf16, f32). Norms, router (ffn_gate_inp), exp_probs_b\n"
+            "TYPE: q8_0, q4_0, q4_k, q5_k, q6_k (also f16, bf16, f32). Norms, router (ffn_gate_inp), exp_probs_b\n"
             "and 1-D tensors keep their type. Rows that are not a multiple of 256 fall back from q4_k to\n"
-            "q5_0 and from q6_k to q8_0 (as llama-quantize); rows that are not a multiple of 32 stay f16.\n"
+            "q5_0 and from q6_k to q8_0 (as llama-quantize), and from q5_k to q5_0 (llama-quantize: q5_1);\n"
+            "rows that are not a multiple of 32 stay f16.\n"
             "Prints the output size and the RMS error of every requantized tensor (relative to the\n"
             "tensor's RMS); --report prints every tensor, otherwise a summary and the 5 worst.\n"
             "  -t N   threads (default: all CPUs)\n"
@@ -94,12 +95,12 @@ int moe_cmd_quantize(int argc, char **argv) {
             if (cli_int("quantize", a, v, 1, 1024, &threads)) return 1;
         } else return cli_fail("quantize", "unknown option '%s' (see moe quantize --help)", a);
     }
-    if (n_pos != 3) return cli_fail("quantize", "usage: moe quantize IN.gguf OUT.gguf TYPE (q8_0, q4_0, q4_k, q6_k)");
+    if (n_pos != 3) return cli_fail("quantize", "usage: moe quantize IN.gguf OUT.gguf TYPE (q8_0, q4_0, q4_k, q5_k, q6_k)");
     moe_quantize_params qp = moe_quantize_default_params();
     qp.type = moe_dtype_from_name(pos[2]);
-    if (qp.type != MOE_DTYPE_Q8_0 && qp.type != MOE_DTYPE_Q4_0 && qp.type != MOE_DTYPE_Q4_K && qp.type != MOE_DTYPE_Q6_K &&
-        qp.type != MOE_DTYPE_F16 && qp.type != MOE_DTYPE_BF16 && qp.type != MOE_DTYPE_F32)
-        return cli_fail("quantize", "TYPE must be q8_0, q4_0, q4_k, q6_k, f16, bf16 or f32 (got '%s')", pos[2]);
+    if (qp.type != MOE_DTYPE_Q8_0 && qp.type != MOE_DTYPE_Q4_0 && qp.type != MOE_DTYPE_Q4_K && qp.type != MOE_DTYPE_Q5_K &&
+        qp.type != MOE_DTYPE_Q6_K && qp.type != MOE_DTYPE_F16 && qp.type != MOE_DTYPE_BF16 && qp.type != MOE_DTYPE_F32)
+        return cli_fail("quantize", "TYPE must be q8_0, q4_0, q4_k, q5_k, q6_k, f16, bf16 or f32 (got '%s')", pos[2]);
     qp.n_threads = (int)threads;
     qp.progress = progress;
     qp.report = report;

@@ -311,9 +311,12 @@ static float make_qkx2_quants(int n, int nmax, const float *restrict x, const fl
 /* quantize_row_q4_K_ref: per 32-element sub-block make_qkx2_quants(nmax 15, weights
  * sqrt(mean x²) + |x|, rmin -1, rdelta 0.1, 20 steps); the 8 scales and mins are quantized to
  * 6 bits against d = max_scale/63 and dmin = max_min/63 (F16), then every value is re-quantized
- * with the rounded sub-block scale and min. Layout: spec gguf.md §9.6–9.7. */
-static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) {
-    uint8_t L[256], Laux[32], *scl = y + 4, *q = y + 16;
+ * with the rounded sub-block scale and min. Layout: spec gguf.md §9.6–9.7.
+ * five = 1: quantize_row_q5_K_ref, the same with nmax 31 (rmin -0.5, 15 steps); value l of
+ * sub-block j keeps its low 4 bits in the qs nibble and its fifth bit as bit j of qh[l]. */
+static void quant_qk_block(const float *restrict x, uint8_t *restrict y, int five) {
+    const int nmax = five ? 31 : 15;
+    uint8_t L[256], Laux[32], *scl = y + 4, *q = y + (five ? 48 : 16), *qh = y + 16;
     float weights[32], mins[8], scales[8];
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; ++j) {
@@ -321,7 +324,8 @@ static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) {
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0);
+        scales[j] = five ? make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 0)
+                         : make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -354,11 +358,16 @@ static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) {
         const float dm = moe_f16_to_f32(hm) * m;
         for (int ii = 0; ii < 32; ++ii) {
             int l = nearest_int((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
+            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
         }
     }
+    if (five) memset(qh, 0, 32);
     for (int j = 0; j < 256; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        for (int l = 0; l < 32; ++l) {
+            const int a = L[j + l], b = L[j + l + 32];
+            q[l] = (uint8_t)((a & 15) | ((b & 15) << 4));
+            if (five) qh[l] |= (uint8_t)(((a >> 4) << (j / 32)) | ((b >> 4) << (j / 32 + 1)));
+        }
         q += 32;
     }
 }
@@ -494,7 +503,11 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
         return 0;
     case MOE_DTYPE_Q4_K:
         if (n % 256) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 256; b++) quant_q4_k_block(src + b * 256, d8 + b * 144);
+        for (int64_t b = 0; b < n / 256; b++) quant_qk_block(src + b * 256, d8 + b * 144, 0);
+        return 0;
+    case MOE_DTYPE_Q5_K:
+        if (n % 256) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 256; b++) quant_qk_block(src + b * 256, d8 + b * 176, 1);
         return 0;
     case MOE_DTYPE_Q6_K:
         if (n % 256) return MOE_ERR_INVAL;

@@ -125,6 +125,17 @@ static inline size_t moe_r16_soff(int64_t nb, int64_t b) {
  * same bits as on the Q4_K original (the ref's eight running sums per row and their tree). */
 #define MOE_KTYPE_Q4_K_R16 0x100C
 #define MOE_Q4K_R16_BLOCK 2304
+/* Q5_K repacked for the VNNI kernels ("Q5_K R16"), never written to files: Q4_K R16's 2304 bytes
+ * per block (the nibbles from the Q5_K block's qs) followed by the high bits,
+ *   [8 × 64: qh, column c, lane j = bytes 4c..4c+3 of row j's qh[32]]
+ * 2816 bytes (16 × 176). Sub-block j's value l has its fifth bit at bit j of qh byte l, so for
+ * column c the same qh column serves all 8 sub-blocks: shifted right by j and left by 4, masked
+ * to bit 4 of each byte, or-ed into the nibble. Same bits as on the Q5_K original. */
+#define MOE_KTYPE_Q5_K_R16 0x100D
+#define MOE_Q5K_R16_BLOCK 2816
+/* Groups [g0, g1) of a Q5_K matrix (rows src_row_bytes apart) to Q5_K R16 at dst. */
+void moe_kern_repack_q5_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
 /* Q6_K repacked for the VNNI kernels ("Q6_K R16"), never written to files: groups of 16 rows;
  * each 256-value block of a group is 3360 bytes (16 × 210, so row_bytes stays 210·nsb):
  *   [32: the 16 rows' d (F16)][4 × 64: int8 scales, word k lane j = row j's scales 4k..4k+3]
@@ -156,7 +167,7 @@ static inline int moe_q5r_qh_bit(int p) {
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst);
 /* 1 when a view of this type and shape can be repacked (Q8_0 and Q5_0 with in a multiple of 32,
- * Q4_K and Q6_K with in a multiple of 256; out a multiple of 16). */
+ * Q4_K, Q5_K and Q6_K with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */
 void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,

@@ -4,7 +4,7 @@
  * passed through unchanged (borrowed from the input mapping: norms, router, biases, 1-D tensors,
  * tensors already of the output type) or dequantized row by row and requantized with the
  * reference quantizers of core/dtype.c (Q8_0/Q4_0 bit-identical to ggml, Q4_K = ggml's
- * quantize_row_q4_K_ref without importance matrix, Q5_0 for the Q4_K fallback). Rows are split
+ * quantize_row_q4_K_ref / q5_K_ref without importance matrix, Q5_0 for their fallback). Rows are split
  * across a thread pool; each thread also measures the squared error of its rows, so the report
  * gives the RMS error of every tensor. Memory: one output tensor at a time. */
 #include <math.h>
@@ -34,7 +34,9 @@ int moe_quantize_tensor_type(const char *name, int n_dims, const int64_t *ne, in
     if (keep_type(name, nd)) return type_in;
     int t = type;
     if (ne[0] % moe_dtype_block_size(t)) {
-        if (t == MOE_DTYPE_Q4_K) t = MOE_DTYPE_Q5_0; /* llama.cpp's fallbacks for K-quants */
+        /* llama.cpp's fallbacks for K-quants, except Q5_K: Q5_0 here (llama.cpp: Q5_1), the
+         * 5-bit type with fast W8A8 kernels in this engine */
+        if (t == MOE_DTYPE_Q4_K || t == MOE_DTYPE_Q5_K) t = MOE_DTYPE_Q5_0;
         if (t == MOE_DTYPE_Q6_K) t = MOE_DTYPE_Q8_0;
         if (ne[0] % moe_dtype_block_size(t)) t = MOE_DTYPE_F16;
     }
@@ -48,6 +50,7 @@ static int ftype_of(int type) {
     case MOE_DTYPE_Q4_0: return 2;
     case MOE_DTYPE_Q8_0: return 7;
     case MOE_DTYPE_Q4_K: return 14; /* LLAMA_FTYPE_MOSTLY_Q4_K_S: uniform Q4_K */
+    case MOE_DTYPE_Q5_K: return 16; /* LLAMA_FTYPE_MOSTLY_Q5_K_S: uniform Q5_K */
     case MOE_DTYPE_Q6_K: return 18; /* LLAMA_FTYPE_MOSTLY_Q6_K */
     case MOE_DTYPE_BF16: return 32;
     default: return 0;
@@ -129,9 +132,9 @@ static int skip_ftype(const char *key, void *ud) { return !strcmp(key, "general.
 moe_status moe_quantize(const char *in_path, const char *out_path, const moe_quantize_params *pp, char *err,
                         size_t errlen) {
     moe_quantize_params p = pp ? *pp : moe_quantize_default_params();
-    if (p.type != MOE_DTYPE_Q8_0 && p.type != MOE_DTYPE_Q4_0 && p.type != MOE_DTYPE_Q4_K && p.type != MOE_DTYPE_Q6_K &&
-        p.type != MOE_DTYPE_F16 && p.type != MOE_DTYPE_BF16 && p.type != MOE_DTYPE_F32) {
-        snprintf(err, errlen, "quantize: type must be q8_0, q4_0, q4_k, q6_k, f16, bf16 or f32");
+    if (p.type != MOE_DTYPE_Q8_0 && p.type != MOE_DTYPE_Q4_0 && p.type != MOE_DTYPE_Q4_K && p.type != MOE_DTYPE_Q5_K &&
+        p.type != MOE_DTYPE_Q6_K && p.type != MOE_DTYPE_F16 && p.type != MOE_DTYPE_BF16 && p.type != MOE_DTYPE_F32) {
+        snprintf(err, errlen, "quantize: type must be q8_0, q4_0, q4_k, q5_k, q6_k, f16, bf16 or f32");
         return MOE_ERR_INVAL;
     }
     moe_gguf *g = NULL;

@@ -410,6 +410,19 @@ static void fix_q4_k(uint8_t *row, int64_t o, int64_t in) {
     }
 }
 
+/* Q5_K: as Q4_K; rows 41/77 every value 31 (nibbles and fifth bits all set), 23/88 every fifth bit set */
+static void fix_q5_k(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 256; b++) {
+        uint8_t *blk = row + (size_t)b * 176;
+        for (int f = 0; f < 2; f++) put_f16(blk + 2 * f, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 30.0f : 0.001f));
+        if (o == 41 || o == 77) {
+            memset(blk + 4, 0xFF, 12);
+            memset(blk + 16, 0xFF, 160);
+        }
+        if (o == 23 || o == 88) memset(blk + 16, 0xFF, 32);
+    }
+}
+
 /* Q6_K: row 19 denormal d, 90 large; 7/77 scales all -128, 8/101 all 127 with every value 63 */
 static void fix_q6_k(uint8_t *row, int64_t o, int64_t in) {
     for (int64_t b = 0; b < in / 256; b++) {
@@ -442,6 +455,7 @@ static void test_layouts(void) {
         {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
         {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
         {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
+        {"q5_k r16", MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16, fix_q5_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
         {"q6_k r16", MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16, fix_q6_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_layout(&cases[i]);

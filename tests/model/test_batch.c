@@ -140,7 +140,8 @@ static void check_logits_out(const char *label, moe_model *m) {
 static void check_model(const char *label, const moe_init_config *cfg) {
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
-    if (cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q6_K) { /* moe init writes F32; moe quantize the K-quants */
+    if (cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q5_K || cfg->dtype == MOE_DTYPE_Q6_K) {
+        /* moe init writes F32; moe quantize the K-quants */
         char f32[1040];
         moe_init_config c32 = *cfg;
         c32.dtype = MOE_DTYPE_F32;
@@ -355,9 +356,10 @@ static void check_model(const char *label, const moe_init_config *cfg) {
         printf("%-10s %d tensors repacked to R16: logits %s the file layout's\n", label, m->n_packed,
                same ? "bit-identical to" : "DIFFER from");
         CHECK(same, "%s: repacked logits differ from the file layout's", label);
-        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q6_K) && moe_kern_level() == 2 &&
-            moe_kern_int8_enabled())
-            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_K / Q6_K model on a VNNI machine was not repacked", label);
+        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q5_K ||
+             cfg->dtype == MOE_DTYPE_Q6_K) &&
+            moe_kern_level() == 2 && moe_kern_int8_enabled())
+            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_K / Q5_K / Q6_K model on a VNNI machine was not repacked", label);
         moe_ctx_free(c1);
         moe_ctx_free(c0);
         moe_model_close(m0);
@@ -384,6 +386,8 @@ int main(void) {
     check_model("tiny-q4_k", &c);
     c.dtype = MOE_DTYPE_Q6_K;
     check_model("tiny-q6_k", &c);
+    c.dtype = MOE_DTYPE_Q5_K;
+    check_model("tiny-q5_k", &c);
     c = base;
     c.q_lora_rank = 0;
     c.gating = 1;

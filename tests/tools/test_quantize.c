@@ -107,6 +107,24 @@ int main(void) {
         CHECK(me6 < 0.04, "q6_k ramp max error %.4f of the sub-block's range", me6);
         CHECK(moe_dtype_quant_row(MOE_DTYPE_Q6_K, x, q6, 100) == MOE_ERR_INVAL, "q6_k needs whole blocks");
     }
+    /* Q5_K: Q4_K's scheme with 5-bit values: between Q4_K and Q6_K (bytes equal llama.cpp's:
+     * tests/interop/test_llama_quantize.c) */
+    const double e5k = rms_rel(MOE_DTYPE_Q5_K, x, N);
+    printf("relative RMS error: q5_k %.4f\n", e5k);
+    CHECK(e5k < e4k * 0.7 && e5k > e6k * 0.8, "q5_k error %.4f (q4_k %.4f, q6_k %.4f)", e5k, e4k, e6k);
+    {
+        check_zeros(MOE_DTYPE_Q5_K);
+        /* a ramp per 32-value sub-block uses all 32 codes: the fifth bits must come back */
+        float r5[256], y5[256];
+        uint8_t q5[176];
+        for (int i = 0; i < 256; i++) r5[i] = (float)(i % 32) / 31.0f * (1.0f + (float)(i / 32));
+        moe_dtype_quant_row(MOE_DTYPE_Q5_K, r5, q5, 256);
+        moe_dtype_dequant_row(MOE_DTYPE_Q5_K, q5, y5, 256);
+        double me5 = 0;
+        for (int i = 0; i < 256; i++) me5 = fmax(me5, fabs(y5[i] - r5[i]) / (1.0 + (double)(i / 32)));
+        CHECK(me5 < 0.03, "q5_k ramp max error %.4f of the sub-block's range", me5);
+        CHECK(moe_dtype_quant_row(MOE_DTYPE_Q5_K, x, q5, 100) == MOE_ERR_INVAL, "q5_k needs whole blocks");
+    }
     /* Q4_K edge cases: all-zero block -> zeros; constant block; all negative */
     float z[256] = {0}, yz[256];
     uint8_t qz[144];
@@ -129,6 +147,8 @@ int main(void) {
     CHECK(moe_quantize_tensor_type("blk.1.ffn_up_exps.weight", 3, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q4_K) == MOE_DTYPE_Q4_K, "q4_k");
     CHECK(moe_quantize_tensor_type("blk.0.attn_k_b.weight", 3, ne_kb, MOE_DTYPE_F16, MOE_DTYPE_Q6_K) == MOE_DTYPE_Q8_0, "k_b -> q8_0");
     CHECK(moe_quantize_tensor_type("output.weight", 2, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q6_K) == MOE_DTYPE_Q6_K, "q6_k");
+    CHECK(moe_quantize_tensor_type("blk.0.attn_k_b.weight", 3, ne_kb, MOE_DTYPE_F16, MOE_DTYPE_Q5_K) == MOE_DTYPE_Q5_0, "k_b -> q5_0");
+    CHECK(moe_quantize_tensor_type("output.weight", 2, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q5_K) == MOE_DTYPE_Q5_K, "q5_k");
     CHECK(moe_quantize_tensor_type("blk.1.ffn_gate_inp.weight", 2, ne_mat, MOE_DTYPE_F32, MOE_DTYPE_Q4_K) == MOE_DTYPE_F32, "router");
     CHECK(moe_quantize_tensor_type("blk.1.attn_norm.weight", 1, ne1, MOE_DTYPE_F32, MOE_DTYPE_Q8_0) == MOE_DTYPE_F32, "norm");
     CHECK(moe_quantize_tensor_type("blk.1.exp_probs_b.bias", 1, ne1, MOE_DTYPE_F32, MOE_DTYPE_Q8_0) == MOE_DTYPE_F32, "bias");
@@ -153,8 +173,8 @@ int main(void) {
     const int T = (int)(sizeof tok / sizeof tok[0]);
     float *ref = NULL;
     int32_t V = 0;
-    static const int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_K, MOE_DTYPE_Q6_K};
-    for (int k = 0; k <= 4; k++) {
+    static const int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_K, MOE_DTYPE_Q6_K, MOE_DTYPE_Q5_K};
+    for (int k = 0; k <= 5; k++) {
         const char *path = src;
         if (k > 0) {
             int ty = types[k - 1];
@@ -171,7 +191,7 @@ int main(void) {
                 CHECK(0, "%s", err);
                 continue;
             }
-            int64_t n_q = 0, n_ident = 0, n_q4k = 0, n_q50 = 0, n_q6k = 0, n_q80 = 0, n_kept = 0;
+            int64_t n_q = 0, n_ident = 0, n_q4k = 0, n_q50 = 0, n_q6k = 0, n_q80 = 0, n_q5k = 0, n_kept = 0;
             for (int64_t i = 0; i < moe_gguf_n_tensors(gi); i++) {
                 const moe_gguf_tensor *a = moe_gguf_tensor_at(gi, i);
                 char nm[128];
@@ -191,8 +211,9 @@ int main(void) {
                 n_q50 += b->type == MOE_DTYPE_Q5_0;
                 n_q6k += b->type == MOE_DTYPE_Q6_K;
                 n_q80 += b->type == MOE_DTYPE_Q8_0;
-                if (ty == MOE_DTYPE_Q4_K) {
-                    CHECK(b->type == (a->ne[0] % 256 ? MOE_DTYPE_Q5_0 : MOE_DTYPE_Q4_K), "%s: q4_k/q5_0 rule", nm);
+                n_q5k += b->type == MOE_DTYPE_Q5_K;
+                if (ty == MOE_DTYPE_Q4_K || ty == MOE_DTYPE_Q5_K) {
+                    CHECK(b->type == (a->ne[0] % 256 ? MOE_DTYPE_Q5_0 : ty), "%s: %s/q5_0 rule", nm, moe_dtype_name(ty));
                     continue;
                 }
                 if (ty == MOE_DTYPE_Q6_K) {
@@ -216,6 +237,10 @@ int main(void) {
                 printf("q4_k model: %lld tensors q4_k, %lld q5_0 (rows not a multiple of 256), %lld kept f32\n",
                        (long long)n_q4k, (long long)n_q50, (long long)n_kept);
                 CHECK(n_q4k > 10 && n_q50 > 0, "q4_k and q5_0 tensors present");
+            } else if (ty == MOE_DTYPE_Q5_K) {
+                printf("q5_k model: %lld tensors q5_k, %lld q5_0 (rows not a multiple of 256), %lld kept f32\n",
+                       (long long)n_q5k, (long long)n_q50, (long long)n_kept);
+                CHECK(n_q5k > 10 && n_q50 > 0, "q5_k and q5_0 tensors present");
             } else if (ty == MOE_DTYPE_Q6_K) {
                 printf("q6_k model: %lld tensors q6_k, %lld q8_0 (rows not a multiple of 256), %lld kept f32\n",
                        (long long)n_q6k, (long long)n_q80, (long long)n_kept);
@@ -227,7 +252,12 @@ int main(void) {
             }
             uint32_t ft = 0;
             moe_gguf_get_u32(go, "general.file_type", &ft);
-            CHECK(ft == (ty == MOE_DTYPE_Q8_0 ? 7u : ty == MOE_DTYPE_Q4_0 ? 2u : ty == MOE_DTYPE_Q4_K ? 14u : 18u), "file_type %u", ft);
+            CHECK(ft == (ty == MOE_DTYPE_Q8_0   ? 7u
+                         : ty == MOE_DTYPE_Q4_0 ? 2u
+                         : ty == MOE_DTYPE_Q4_K ? 14u
+                         : ty == MOE_DTYPE_Q5_K ? 16u
+                                                : 18u),
+                  "file_type %u", ft);
             moe_gguf_close(go);
         }
         /* the model runs */
@@ -266,8 +296,8 @@ int main(void) {
     free(x);
     /* refusals */
     moe_quantize_params qp = moe_quantize_default_params();
-    qp.type = MOE_DTYPE_Q5_K;
-    CHECK(moe_quantize(src, out, &qp, err, sizeof err) == MOE_ERR_INVAL, "q5_k target refused");
+    qp.type = MOE_DTYPE_Q5_1;
+    CHECK(moe_quantize(src, out, &qp, err, sizeof err) == MOE_ERR_INVAL, "q5_1 target refused");
     qp.type = MOE_DTYPE_Q8_0;
     CHECK(moe_quantize("/nonexistent.gguf", out, &qp, err, sizeof err) == MOE_ERR_IO, "missing input: %s", err);
     if (!tu_fail) {

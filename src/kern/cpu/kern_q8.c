@@ -732,6 +732,17 @@ __attribute__((target("avx512f"), always_inline)) static inline void ksum_store(
         }
 }
 
+/* Q5_K R16: the fifth bits of column c for sub-blocks j (into lo) and j + 1 (into hi): bit j
+ * (j + 1) of each qh byte moved to bit 4 (16-bit shifts: no bit crosses into bit 4 of the other
+ * byte) */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void q5k_high(const uint8_t *blk, int c, int j,
+                                                                                        __m512i m10, __m512i *lo,
+                                                                                        __m512i *hi) {
+    const __m512i qh = _mm512_loadu_si512(blk + 2304 + 64 * c);
+    *lo = _mm512_or_si512(*lo, _mm512_and_si512(_mm512_slli_epi16(_mm512_srli_epi16(qh, j), 4), m10));
+    *hi = _mm512_or_si512(*hi, _mm512_and_si512(_mm512_slli_epi16(_mm512_srli_epi16(qh, j + 1), 4), m10));
+}
+
 /* Q4_K R16 (kern.h): 16 rows in the lanes of a zmm. Per 256-value block: the 16 rows' d and
  * dmin as floats, their 6-bit scales and mins unpacked from three words with moe_kscale8's
  * arithmetic lane-wise; per pair of sub-blocks 8 columns, each masked (low nibbles: sub-block
@@ -741,16 +752,17 @@ __attribute__((target("avx512f"), always_inline)) static inline void ksum_store(
  * sums), for 1 or 2 tokens; from KR_MANY_MIN tokens on, q4kr_many. Each block prefetches the
  * block after it (36 lines, 2.3 KB on). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy) {
+q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int FIVE) {
     const int64_t nsb = nb / 8;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), mff = _mm512_set1_epi32(0xFF);
+    const size_t bs = FIVE ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10), mff = _mm512_set1_epi32(0xFF);
     const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     __m512 acc[2][8];
     ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = g + (size_t)sb * MOE_Q4K_R16_BLOCK;
-        for (int c = 0; c < 36; c++) _mm_prefetch((const char *)blk + MOE_Q4K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const uint8_t *blk = g + (size_t)sb * bs;
+        for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
         const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
         const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
@@ -771,7 +783,8 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
 #pragma GCC unroll 8
             for (int c = 0; c < 8; c++) {
                 const __m512i q = _mm512_loadu_si512(blk + 256 + 512 * p + 64 * c);
-                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                if (FIVE) q5k_high(blk, c, 2 * p, m10, &lo, &hi);
 #pragma GCC unroll 2
                 for (int k = 0; k < 2; k++)
                     if (k < NT) {
@@ -871,16 +884,17 @@ q4kr_tok(const __m512i lo[8], const __m512i hi[8], const __m512 d1[2], const __m
 }
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy) {
+q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy, int FIVE) {
     const int64_t nsb = nb / 8;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), mff = _mm512_set1_epi32(0xFF);
+    const size_t bs = FIVE ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10), mff = _mm512_set1_epi32(0xFF);
     const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     _Alignas(64) float acc[Q4KR_TC][8][16];
     ksum_zero_many(acc, T);
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = g + (size_t)sb * MOE_Q4K_R16_BLOCK;
-        for (int c = 0; c < 36; c++) _mm_prefetch((const char *)blk + MOE_Q4K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const uint8_t *blk = g + (size_t)sb * bs;
+        for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
         const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
         const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
@@ -897,6 +911,7 @@ q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, 
                 const __m512i q = _mm512_loadu_si512(blk + 256 + 512 * p + 64 * c);
                 lo[c] = _mm512_and_si512(q, m4);
                 hi[c] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                if (FIVE) q5k_high(blk, c, 2 * p, m10, &lo[c], &hi[c]);
             }
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
@@ -917,25 +932,35 @@ q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, 
 /* from 3 tokens on, the many-token forms (Q4_K: 3 tokens +6 %, 16 tokens +30 % in L2; Q6_K: +38 %
  * and 2.3×) */
 #define KR_MANY_MIN 3
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+qkr_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1, int FIVE) {
     const int64_t nb = w->in / 32, nsb = nb / 8;
     int64_t a, e;
     if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     for (int64_t o = a; o < e; o += 16) {
-        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * MOE_Q4K_R16_BLOCK;
+        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nsb * (FIVE ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK);
         if (T >= KR_MANY_MIN) {
             const int64_t nc = (T + Q4KR_TC - 1) / Q4KR_TC;
             for (int64_t i = 0; i < nc; i++) {
                 const int64_t t0 = T * i / nc;
-                q4kr_many(g, xq + t0 * nb, nb, T * (i + 1) / nc - t0, y + t0 * ldy + o, ldy);
+                q4kr_many(g, xq + t0 * nb, nb, T * (i + 1) / nc - t0, y + t0 * ldy + o, ldy, FIVE);
             }
             continue;
         }
         int64_t t = 0;
-        for (; t + 2 <= T; t += 2) q4kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy);
-        if (t < T) q4kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy);
+        for (; t + 2 <= T; t += 2) q4kr_group(g, xq + t * nb, nb, 2, y + t * ldy + o, ldy, FIVE);
+        if (t < T) q4kr_group(g, xq + t * nb, nb, 1, y + t * ldy + o, ldy, FIVE);
     }
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    qkr_rows(w, xq, T, y, ldy, o0, o1, 0);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q5kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    qkr_rows(w, xq, T, y, ldy, o0, o1, 1);
 }
 
 /* Q5_0 R16 (kern.h): 16 rows in the lanes. Per 32-value block and column c: the nibbles masked
@@ -1285,6 +1310,7 @@ static mmq_fn mmq_form(int type, int level) {
                : type == MOE_DTYPE_Q6_K     ? q6k_vnni
                : type == MOE_KTYPE_Q8_0_R16 ? mmq_r16_vnni
                : type == MOE_KTYPE_Q4_K_R16 ? q4kr_vnni
+               : type == MOE_KTYPE_Q5_K_R16 ? q5kr_vnni
                : type == MOE_KTYPE_Q5_0_R16 ? q5r_vnni
                : type == MOE_KTYPE_Q6_K_R16 ? q6kr_vnni
                                             : mmq_vnni;
@@ -1293,7 +1319,7 @@ static mmq_fn mmq_form(int type, int level) {
                : type == MOE_DTYPE_Q5_K                                       ? q5k_avx2
                : type == MOE_DTYPE_Q6_K                                       ? q6k_avx2
                : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ||
-                       type == MOE_KTYPE_Q6_K_R16
+                       type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16
                    ? NULL
                                                                               : mmq_avx2;
 #endif

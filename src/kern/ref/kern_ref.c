@@ -132,7 +132,7 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
            type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q5_K ||
-           type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16;
+           type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -203,25 +203,40 @@ float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
     return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
 }
 
-void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
-                              uint8_t *dst) {
+/* Q4_K (five = 0) or Q5_K (five = 1: the qs after 32 bytes of qh, the qh columns after the nibbles) */
+static void repack_qk_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst,
+                          int five) {
     const int64_t nsb = in / 256;
+    const size_t bs = five ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK, fb = five ? 176 : 144;
     for (int64_t g = g0; g < g1; g++)
         for (int64_t sb = 0; sb < nsb; sb++) {
-            uint8_t *o = dst + ((size_t)g * (size_t)nsb + (size_t)sb) * MOE_Q4K_R16_BLOCK;
+            uint8_t *o = dst + ((size_t)g * (size_t)nsb + (size_t)sb) * bs;
             for (int j = 0; j < 16; j++) {
-                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)sb * 144;
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)sb * fb;
                 memcpy(o + 2 * j, blk, 2);          /* d */
                 memcpy(o + 32 + 2 * j, blk + 2, 2); /* dmin */
                 for (int k = 0; k < 3; k++) memcpy(o + 64 + 64 * k + 4 * j, blk + 4 + 4 * k, 4);
                 for (int p = 0; p < 4; p++)
-                    for (int c = 0; c < 8; c++) memcpy(o + 256 + 512 * p + 64 * c + 4 * j, blk + 16 + 32 * p + 4 * c, 4);
+                    for (int c = 0; c < 8; c++)
+                        memcpy(o + 256 + 512 * p + 64 * c + 4 * j, blk + (five ? 48 : 16) + 32 * p + 4 * c, 4);
+                if (five)
+                    for (int c = 0; c < 8; c++) memcpy(o + 2304 + 64 * c + 4 * j, blk + 16 + 4 * c, 4);
             }
         }
+}
+
+void moe_kern_repack_q4_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    repack_qk_r16(src, src_row_bytes, in, g0, g1, dst, 0);
+}
+
+void moe_kern_repack_q5_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    repack_qk_r16(src, src_row_bytes, in, g0, g1, dst, 1);
 }
 
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -281,16 +296,19 @@ static void q5r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[22])
     for (int c = 0; c < 4; c++) memcpy(blk + 6 + 4 * c, g + 96 + 64 * c + 4 * j, 4);
 }
 
-/* row o's 256-value block sb of a Q4_K R16 view back in Q4_K form (144 bytes) */
-static void q4kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t blk[144]) {
+/* row o's 256-value block sb of a Q4_K R16 (Q5_K R16) view back in Q4_K (Q5_K) form: 144 (176) bytes */
+static void q4kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t *blk) {
     const int64_t nsb = w->in / 256;
-    const uint8_t *b = w->data + ((size_t)(o / 16) * (size_t)nsb + (size_t)sb) * MOE_Q4K_R16_BLOCK;
+    const int five = w->type == MOE_KTYPE_Q5_K_R16;
+    const uint8_t *b = w->data + ((size_t)(o / 16) * (size_t)nsb + (size_t)sb) * (five ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK);
     const int j = (int)(o % 16);
     memcpy(blk, b + 2 * j, 2);
     memcpy(blk + 2, b + 32 + 2 * j, 2);
     for (int k = 0; k < 3; k++) memcpy(blk + 4 + 4 * k, b + 64 + 64 * k + 4 * j, 4);
     for (int p = 0; p < 4; p++)
-        for (int c = 0; c < 8; c++) memcpy(blk + 16 + 32 * p + 4 * c, b + 256 + 512 * p + 64 * c + 4 * j, 4);
+        for (int c = 0; c < 8; c++) memcpy(blk + (five ? 48 : 16) + 32 * p + 4 * c, b + 256 + 512 * p + 64 * c + 4 * j, 4);
+    if (five)
+        for (int c = 0; c < 8; c++) memcpy(blk + 16 + 4 * c, b + 2304 + 64 * c + 4 * j, 4);
 }
 
 void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -329,18 +347,22 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 }
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
-    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q6_K_R16) {
+    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16 || w->type == MOE_KTYPE_Q5_0_R16 ||
+        w->type == MOE_KTYPE_Q6_K_R16) {
         /* block by block, in file form */
         const int64_t per = w->type == MOE_KTYPE_Q5_0_R16 ? 32 : 256;
         uint8_t blk[210];
         for (int64_t b = 0; b < w->in / per; b++) {
-            if (w->type == MOE_KTYPE_Q4_K_R16)
+            if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16)
                 q4kr_block(w, o, b, blk);
             else if (w->type == MOE_KTYPE_Q6_K_R16)
                 q6kr_block(w, o, b, blk);
             else
                 q5r_block(w, o, b, blk);
-            const int ft = w->type == MOE_KTYPE_Q4_K_R16 ? MOE_DTYPE_Q4_K : w->type == MOE_KTYPE_Q6_K_R16 ? MOE_DTYPE_Q6_K : MOE_DTYPE_Q5_0;
+            const int ft = w->type == MOE_KTYPE_Q4_K_R16   ? MOE_DTYPE_Q4_K
+                           : w->type == MOE_KTYPE_Q5_K_R16 ? MOE_DTYPE_Q5_K
+                           : w->type == MOE_KTYPE_Q6_K_R16 ? MOE_DTYPE_Q6_K
+                                                           : MOE_DTYPE_Q5_0;
             moe_kern_dequant_row(ft, blk, dst + per * b, per);
         }
         return;
@@ -367,8 +389,9 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             for (int64_t t = 0; t < T; t++) y[t * ldy + o] = dot(w->data + (size_t)o * w->row_bytes, xq + t * nb, nb / 8);
         return;
     }
-    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q6_K_R16) { /* block by block, in file form */
-        const int six = w->type == MOE_KTYPE_Q6_K_R16;
+    if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16 || w->type == MOE_KTYPE_Q6_K_R16) {
+        /* block by block, in file form */
+        const int six = w->type == MOE_KTYPE_Q6_K_R16, five = w->type == MOE_KTYPE_Q5_K_R16;
         uint8_t blk[210];
         for (int64_t o = o0; o < o1; o++)
             for (int64_t t = 0; t < T; t++) {
@@ -379,7 +402,7 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                         q6k_block_acc(blk, xq + t * nb + sb * 8, acc);
                     } else {
                         q4kr_block(w, o, sb, blk);
-                        qk_block_acc(blk, xq + t * nb + sb * 8, acc, 0);
+                        qk_block_acc(blk, xq + t * nb + sb * 8, acc, five);
                     }
                 }
                 y[t * ldy + o] = ksum_tree(acc);
