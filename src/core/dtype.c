@@ -5,6 +5,7 @@
  * quantize_row_q8_0_ref / quantize_row_q4_0_ref exactly. Dequantization is exact (one binary32 multiply per value
  * for Q8_0). These are the scalar reference paths; SIMD paths in kern/cpu are tested
  * against them. */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 #include <strings.h>
@@ -400,6 +401,30 @@ static void quant_q5_0_block(const float *restrict x, uint8_t *restrict y) {
     y[5] = (uint8_t)(qh >> 24);
 }
 
+/* quantize_row_q5_1_ref: d = (max − min)/31 and m = min (F16); q = (uint8)((x − min)·(1/d) + 0.5),
+ * low nibbles in qs, fifth bits in qh (element j -> bit j). */
+static void quant_q5_1_block(const float *restrict x, uint8_t *restrict y) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < 32; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    const float d = (max - min) / 31, id = d ? 1.0f / d : 0.0f;
+    const uint16_t hd = moe_f32_to_f16(d), hm = moe_f32_to_f16(min);
+    y[0] = (uint8_t)hd;
+    y[1] = (uint8_t)(hd >> 8);
+    y[2] = (uint8_t)hm;
+    y[3] = (uint8_t)(hm >> 8);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = (uint8_t)((x[j] - min) * id + 0.5f), xi1 = (uint8_t)((x[16 + j] - min) * id + 0.5f);
+        y[8 + j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) y[4 + k] = (uint8_t)(qh >> (8 * k));
+}
+
 /* Q6_K (spec gguf.md: ql[128] low 4 bits, qh[64] high 2 bits, 16 int8 scales, F16 d; value =
  * d·sc·(u − 32)). moekit's own quantizer, no search: each 16-value sub-block's scale maps its
  * signed value of largest magnitude to −32 (the code's widest end); the 16 scales are stored as
@@ -504,6 +529,10 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
     case MOE_DTYPE_Q4_K:
         if (n % 256) return MOE_ERR_INVAL;
         for (int64_t b = 0; b < n / 256; b++) quant_qk_block(src + b * 256, d8 + b * 144, 0);
+        return 0;
+    case MOE_DTYPE_Q5_1:
+        if (n % 32) return MOE_ERR_INVAL;
+        for (int64_t b = 0; b < n / 32; b++) quant_q5_1_block(src + b * 32, d8 + b * 24);
         return 0;
     case MOE_DTYPE_Q5_K:
         if (n % 256) return MOE_ERR_INVAL;

@@ -158,6 +158,13 @@ void moe_kern_repack_q6_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * bring it to bit 4 of byte k, where it completes the unsigned 5-bit value (w + 16) for
  * vpdpbusd; the running sum starts at −16·Σx. Same bits as on the Q5_0 original. */
 #define MOE_KTYPE_Q5_0_R16 0x1006
+/* Q5_1 repacked likewise ("Q5_1 R16"): 384 bytes per block of a group (16 × 24):
+ *   [32: d (F16)][32: m (F16)][64: permuted qh][4 × 64: nibble columns]
+ * the same permutation and columns as Q5_0 R16; the 5-bit values are unsigned (no −16), and the
+ * ref adds the min term fmaf(Σx, m·dx) after each block's fmaf(idot, d·dx). */
+#define MOE_KTYPE_Q5_1_R16 0x1007
+void moe_kern_repack_q5_1_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
 /* original qh bit of permuted bit p = 8k + m (m < 4: low nibbles of column m; else high of m − 4) */
 static inline int moe_q5r_qh_bit(int p) {
     const int k = p / 8, m = p % 8;
@@ -166,7 +173,7 @@ static inline int moe_q5r_qh_bit(int p) {
 /* Groups [g0, g1) of a Q5_0 matrix (rows src_row_bytes apart) to Q5_0 R16 at dst. */
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst);
-/* 1 when a view of this type and shape can be repacked (Q8_0 and Q5_0 with in a multiple of 32,
+/* 1 when a view of this type and shape can be repacked (Q8_0, Q5_0 and Q5_1 with in a multiple of 32,
  * Q4_K, Q5_K and Q6_K with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */
@@ -179,7 +186,7 @@ void moe_kern_repack_q8_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * for the original row. */
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst);
 
-/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K and the R16 forms). */
+/* 1 when the weight type has a W8A8 path (Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and the R16 forms). */
 int moe_kern_mmq_supported(int type);
 /* Q4_K: one row (nsb 256-value blocks) against its activation blocks, the order every form
  * follows (kern_ref.c): per sub-block position an integer dot of the 4-bit values, then

@@ -4,7 +4,7 @@
  * passed through unchanged (borrowed from the input mapping: norms, router, biases, 1-D tensors,
  * tensors already of the output type) or dequantized row by row and requantized with the
  * reference quantizers of core/dtype.c (Q8_0/Q4_0 bit-identical to ggml, Q4_K = ggml's
- * quantize_row_q4_K_ref / q5_K_ref without importance matrix, Q5_0 for their fallback). Rows are split
+ * quantize_row_q4_K_ref / q5_K_ref without importance matrix, Q5_0 / Q5_1 for their fallbacks). Rows are split
  * across a thread pool; each thread also measures the squared error of its rows, so the report
  * gives the RMS error of every tensor. Memory: one output tensor at a time. */
 #include <math.h>
@@ -34,9 +34,8 @@ int moe_quantize_tensor_type(const char *name, int n_dims, const int64_t *ne, in
     if (keep_type(name, nd)) return type_in;
     int t = type;
     if (ne[0] % moe_dtype_block_size(t)) {
-        /* llama.cpp's fallbacks for K-quants, except Q5_K: Q5_0 here (llama.cpp: Q5_1), the
-         * 5-bit type with fast W8A8 kernels in this engine */
-        if (t == MOE_DTYPE_Q4_K || t == MOE_DTYPE_Q5_K) t = MOE_DTYPE_Q5_0;
+        if (t == MOE_DTYPE_Q4_K) t = MOE_DTYPE_Q5_0; /* llama.cpp's fallbacks for K-quants */
+        if (t == MOE_DTYPE_Q5_K) t = MOE_DTYPE_Q5_1;
         if (t == MOE_DTYPE_Q6_K) t = MOE_DTYPE_Q8_0;
         if (ne[0] % moe_dtype_block_size(t)) t = MOE_DTYPE_F16;
     }

@@ -273,7 +273,7 @@ static void test_quant(void) {
     }
     CHECK(okq && got[2] == 0x80 && got[17] == 0xf8, "Q4_0 nibbles (qs[0]=0x%02x qs[15]=0x%02x)", got[2], got[17]);
     CHECK(moe_dtype_quant_row(MOE_DTYPE_Q4_0, x, got, 31) == MOE_ERR_INVAL, "Q4_0 needs whole blocks");
-    CHECK(moe_dtype_quant_row(MOE_DTYPE_Q5_K, x, got, 256) == MOE_ERR_UNSUPPORTED, "Q5_K has no quantizer: unsupported");
+    CHECK(moe_dtype_quant_row(MOE_DTYPE_Q3_K, x, got, 256) == MOE_ERR_UNSUPPORTED, "Q3_K has no quantizer: unsupported");
 }
 
 /* ---- dequantization of hand-built blocks ---- */

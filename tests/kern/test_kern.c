@@ -98,12 +98,12 @@ static void test_w8a8(void) {
     CHECK(same, "quant_act: SIMD differs from ref");
     printf("quant_act: all levels bit-identical to ref (random, denormal, huge, zero blocks, ties)\n");
     /* integer products: every level vs ref bit for bit, and vs float64 */
-    int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q5_0};
+    int types[] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0, MOE_DTYPE_Q5_0, MOE_DTYPE_Q5_1};
     int64_t ins[] = {32, 96, 1056, 2048}; /* 1056: 33 blocks, a partial chunk of the GEMM form */
     int Ts[] = {1, 2, 3, 5, 9}; /* 1-2: the 16-row decode form, 3+: the transposed GEMM form */
     static uint8_t wq[45 * 2176];
     static float y0[9 * 45], y1[9 * 45];
-    for (size_t k = 0; k < 3; k++)
+    for (size_t k = 0; k < 4; k++)
         for (size_t ii = 0; ii < 4; ii++) {
             int t = types[k];
             int64_t in = ins[ii], OUT = 45;
@@ -117,6 +117,10 @@ static void test_w8a8(void) {
                 for (int64_t b = 0; b < in / 32; b++) {
                     uint16_t h = moe_f32_to_f16((frand() + 1.5f) * (o == 3 ? 1e-7f : 0.01f)); /* row 3: denormal f16 scales */
                     memcpy(wq + (size_t)o * rb + (size_t)b * moe_dtype_row_bytes(t, 32), &h, 2);
+                    if (t == MOE_DTYPE_Q5_1) { /* the min: either sign, row 7 zero */
+                        h = moe_f32_to_f16(o == 7 ? 0.0f : (frand() - 0.5f) * 0.3f);
+                        memcpy(wq + (size_t)o * rb + (size_t)b * 24 + 2, &h, 2);
+                    }
                 }
             if (t == MOE_DTYPE_Q8_0)
                 for (int64_t b = 0; b < in / 32; b++) memset(wq + 5 * rb + (size_t)b * 34 + 2, 0x80, 32); /* row 5: all -128 */
@@ -138,7 +142,7 @@ static void test_w8a8(void) {
                 check_mmq_levels(&w, r, T, y0, y1, 3, 40, 1, moe_dtype_name(t)); /* rows from a non-multiple of 8 */
             }
         }
-    printf("mmq q8_0/q4_0/q5_0: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
+    printf("mmq q8_0/q4_0/q5_0/q5_1: levels 1..%d bit-identical to ref (in 32/96/1056/2048, T 1/2/3/5/9, 45 rows, -128, denormal scales)\n", top);
     /* Q4_K, Q5_K and Q6_K: random 256-value blocks (every nibble, high bit, 6-bit scale and min,
      * Q6_K int8 scales including -128 and 127), each level bit for bit against the ref, and the
      * ref against float64 on the dequantized row */
@@ -410,6 +414,17 @@ static void fix_q4_k(uint8_t *row, int64_t o, int64_t in) {
     }
 }
 
+/* Q5_1: row 19 denormal d, 90 large; 5/70 every value 31, 21/101 every value 0; mins of either sign */
+static void fix_q5_1(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 32; b++) {
+        uint8_t *blk = row + (size_t)b * 24;
+        put_f16(blk, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 2e4f : 0.01f));
+        put_f16(blk + 2, (frand() - 0.5f) * (o == 90 ? 1e4f : 0.3f));
+        if (o == 5 || o == 70) memset(blk + 4, 0xFF, 20);
+        if (o == 21 || o == 101) memset(blk + 4, 0x00, 20);
+    }
+}
+
 /* Q5_K: as Q4_K; rows 41/77 every value 31 (nibbles and fifth bits all set), 23/88 every fifth bit set */
 static void fix_q5_k(uint8_t *row, int64_t o, int64_t in) {
     for (int64_t b = 0; b < in / 256; b++) {
@@ -454,6 +469,7 @@ static void test_layouts(void) {
     const layout_case cases[] = {
         {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
         {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
+        {"q5_1 r16", MOE_DTYPE_Q5_1, MOE_KTYPE_Q5_1_R16, moe_kern_repack_q5_1_r16, fix_q5_1, in_q5, 4, t_q5, 9, cuts, 4, 1},
         {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
         {"q5_k r16", MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16, fix_q5_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
         {"q6_k r16", MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16, fix_q6_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},

@@ -107,6 +107,16 @@ int main(void) {
         CHECK(me6 < 0.04, "q6_k ramp max error %.4f of the sub-block's range", me6);
         CHECK(moe_dtype_quant_row(MOE_DTYPE_Q6_K, x, q6, 100) == MOE_ERR_INVAL, "q6_k needs whole blocks");
     }
+    /* Q5_1 (the Q5_K fallback): min and step per block, better than Q5_0 on this noise; bytes
+     * equal llama.cpp's (interop test) */
+    const double e51 = rms_rel(MOE_DTYPE_Q5_1, x, N);
+    printf("relative RMS error: q5_1 %.4f\n", e51);
+    CHECK(e51 < e50 && e51 > e8, "q5_1 error %.4f (q5_0 %.4f, q8_0 %.4f)", e51, e50, e8);
+    check_zeros(MOE_DTYPE_Q5_1);
+    {
+        uint8_t q51[24];
+        CHECK(moe_dtype_quant_row(MOE_DTYPE_Q5_1, x, q51, 20) == MOE_ERR_INVAL, "q5_1 needs whole blocks");
+    }
     /* Q5_K: Q4_K's scheme with 5-bit values: between Q4_K and Q6_K (bytes equal llama.cpp's:
      * tests/interop/test_llama_quantize.c) */
     const double e5k = rms_rel(MOE_DTYPE_Q5_K, x, N);
@@ -147,7 +157,7 @@ int main(void) {
     CHECK(moe_quantize_tensor_type("blk.1.ffn_up_exps.weight", 3, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q4_K) == MOE_DTYPE_Q4_K, "q4_k");
     CHECK(moe_quantize_tensor_type("blk.0.attn_k_b.weight", 3, ne_kb, MOE_DTYPE_F16, MOE_DTYPE_Q6_K) == MOE_DTYPE_Q8_0, "k_b -> q8_0");
     CHECK(moe_quantize_tensor_type("output.weight", 2, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q6_K) == MOE_DTYPE_Q6_K, "q6_k");
-    CHECK(moe_quantize_tensor_type("blk.0.attn_k_b.weight", 3, ne_kb, MOE_DTYPE_F16, MOE_DTYPE_Q5_K) == MOE_DTYPE_Q5_0, "k_b -> q5_0");
+    CHECK(moe_quantize_tensor_type("blk.0.attn_k_b.weight", 3, ne_kb, MOE_DTYPE_F16, MOE_DTYPE_Q5_K) == MOE_DTYPE_Q5_1, "k_b -> q5_1");
     CHECK(moe_quantize_tensor_type("output.weight", 2, ne_mat, MOE_DTYPE_F16, MOE_DTYPE_Q5_K) == MOE_DTYPE_Q5_K, "q5_k");
     CHECK(moe_quantize_tensor_type("blk.1.ffn_gate_inp.weight", 2, ne_mat, MOE_DTYPE_F32, MOE_DTYPE_Q4_K) == MOE_DTYPE_F32, "router");
     CHECK(moe_quantize_tensor_type("blk.1.attn_norm.weight", 1, ne1, MOE_DTYPE_F32, MOE_DTYPE_Q8_0) == MOE_DTYPE_F32, "norm");
@@ -191,7 +201,7 @@ int main(void) {
                 CHECK(0, "%s", err);
                 continue;
             }
-            int64_t n_q = 0, n_ident = 0, n_q4k = 0, n_q50 = 0, n_q6k = 0, n_q80 = 0, n_q5k = 0, n_kept = 0;
+            int64_t n_q = 0, n_ident = 0, n_q4k = 0, n_q50 = 0, n_q51 = 0, n_q6k = 0, n_q80 = 0, n_q5k = 0, n_kept = 0;
             for (int64_t i = 0; i < moe_gguf_n_tensors(gi); i++) {
                 const moe_gguf_tensor *a = moe_gguf_tensor_at(gi, i);
                 char nm[128];
@@ -212,8 +222,13 @@ int main(void) {
                 n_q6k += b->type == MOE_DTYPE_Q6_K;
                 n_q80 += b->type == MOE_DTYPE_Q8_0;
                 n_q5k += b->type == MOE_DTYPE_Q5_K;
-                if (ty == MOE_DTYPE_Q4_K || ty == MOE_DTYPE_Q5_K) {
-                    CHECK(b->type == (a->ne[0] % 256 ? MOE_DTYPE_Q5_0 : ty), "%s: %s/q5_0 rule", nm, moe_dtype_name(ty));
+                n_q51 += b->type == MOE_DTYPE_Q5_1;
+                if (ty == MOE_DTYPE_Q4_K) {
+                    CHECK(b->type == (a->ne[0] % 256 ? MOE_DTYPE_Q5_0 : ty), "%s: q4_k/q5_0 rule", nm);
+                    continue;
+                }
+                if (ty == MOE_DTYPE_Q5_K) {
+                    CHECK(b->type == (a->ne[0] % 256 ? MOE_DTYPE_Q5_1 : ty), "%s: q5_k/q5_1 rule", nm);
                     continue;
                 }
                 if (ty == MOE_DTYPE_Q6_K) {
@@ -238,9 +253,9 @@ int main(void) {
                        (long long)n_q4k, (long long)n_q50, (long long)n_kept);
                 CHECK(n_q4k > 10 && n_q50 > 0, "q4_k and q5_0 tensors present");
             } else if (ty == MOE_DTYPE_Q5_K) {
-                printf("q5_k model: %lld tensors q5_k, %lld q5_0 (rows not a multiple of 256), %lld kept f32\n",
-                       (long long)n_q5k, (long long)n_q50, (long long)n_kept);
-                CHECK(n_q5k > 10 && n_q50 > 0, "q5_k and q5_0 tensors present");
+                printf("q5_k model: %lld tensors q5_k, %lld q5_1 (rows not a multiple of 256), %lld kept f32\n",
+                       (long long)n_q5k, (long long)n_q51, (long long)n_kept);
+                CHECK(n_q5k > 10 && n_q51 > 0, "q5_k and q5_1 tensors present");
             } else if (ty == MOE_DTYPE_Q6_K) {
                 printf("q6_k model: %lld tensors q6_k, %lld q8_0 (rows not a multiple of 256), %lld kept f32\n",
                        (long long)n_q6k, (long long)n_q80, (long long)n_kept);

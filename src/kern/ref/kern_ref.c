@@ -120,6 +120,17 @@ static int32_t idot_q5_0(const uint8_t *wb, const moe_q8a *a) {
     return s;
 }
 
+/* Q5_1: unsigned 5-bit values (d at 0, m at 2, qh at 4, qs at 8) */
+static int32_t idot_q5_1(const uint8_t *wb, const moe_q8a *a) {
+    const uint32_t h = (uint32_t)wb[4] | (uint32_t)wb[5] << 8 | (uint32_t)wb[6] << 16 | (uint32_t)wb[7] << 24;
+    int32_t s = 0;
+    for (int j = 0; j < 16; j++) {
+        s += (int)((wb[8 + j] & 0x0F) | ((h >> j) & 1) << 4) * a->q[j];
+        s += (int)((wb[8 + j] >> 4) | ((h >> (j + 16)) & 1) << 4) * a->q[j + 16];
+    }
+    return s;
+}
+
 static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
     int32_t s = 0;
     for (int j = 0; j < 16; j++) {
@@ -132,7 +143,8 @@ static int32_t idot_q4_0(const uint8_t *wb, const moe_q8a *a) {
 int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
            type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q5_K ||
-           type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16;
+           type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16 || type == MOE_DTYPE_Q5_1 ||
+           type == MOE_KTYPE_Q5_1_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -203,7 +215,7 @@ float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 || type == MOE_DTYPE_Q5_1 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
     return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
 }
 
@@ -239,22 +251,35 @@ void moe_kern_repack_q5_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
     repack_qk_r16(src, src_row_bytes, in, g0, g1, dst, 1);
 }
 
-void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
-                              uint8_t *dst) {
+/* Q5_0 (m = 0) or Q5_1 (m = 1: the min after d, 32 bytes more per block) */
+static void repack_q5_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst,
+                          int m) {
     const int64_t nb = in / 32;
+    const size_t bs = m ? 384 : 352, fb = m ? 24 : 22, hq = m ? 64 : 32;
     for (int64_t g = g0; g < g1; g++)
         for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * 352;
+            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * bs;
             for (int j = 0; j < 16; j++) {
-                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * 22;
-                const uint32_t h = (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24;
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * fb, *qh = blk + 2 + 2 * m;
+                const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
                 uint32_t hp = 0;
                 for (int q = 0; q < 32; q++) hp |= ((h >> moe_q5r_qh_bit(q)) & 1u) << q;
                 memcpy(o + 2 * j, blk, 2);
-                for (int k = 0; k < 4; k++) o[32 + 4 * j + k] = (uint8_t)(hp >> (8 * k));
-                for (int c = 0; c < 4; c++) memcpy(o + 96 + 64 * c + 4 * j, blk + 6 + 4 * c, 4);
+                if (m) memcpy(o + 32 + 2 * j, blk + 2, 2);
+                for (int k = 0; k < 4; k++) o[hq + 4 * j + k] = (uint8_t)(hp >> (8 * k));
+                for (int c = 0; c < 4; c++) memcpy(o + hq + 64 + 64 * c + 4 * j, qh + 4 + 4 * c, 4);
             }
         }
+}
+
+void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    repack_q5_r16(src, src_row_bytes, in, g0, g1, dst, 0);
+}
+
+void moe_kern_repack_q5_1_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    repack_q5_r16(src, src_row_bytes, in, g0, g1, dst, 1);
 }
 
 void moe_kern_repack_q6_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -283,17 +308,21 @@ static void q6kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t blk[21
     for (int c = 0; c < 16; c++) memcpy(blk + 128 + 4 * c, b + 2336 + 64 * c + 4 * j, 4);
 }
 
-/* row o's block b of a Q5_0 R16 view back in Q5_0 form (22 bytes) */
-static void q5r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[22]) {
-    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * 352;
+/* row o's block b of a Q5_0 (Q5_1) R16 view back in Q5_0 (Q5_1) form: 22 (24) bytes */
+static void q5r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t *blk) {
+    const int m = w->type == MOE_KTYPE_Q5_1_R16;
+    const size_t hq = m ? 64 : 32;
+    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * (m ? 384 : 352);
     const int j = (int)(o % 16);
-    const uint32_t hp = (uint32_t)g[32 + 4 * j] | (uint32_t)g[33 + 4 * j] << 8 | (uint32_t)g[34 + 4 * j] << 16 |
-                        (uint32_t)g[35 + 4 * j] << 24;
+    const uint32_t hp = (uint32_t)g[hq + 4 * j] | (uint32_t)g[hq + 1 + 4 * j] << 8 | (uint32_t)g[hq + 2 + 4 * j] << 16 |
+                        (uint32_t)g[hq + 3 + 4 * j] << 24;
     uint32_t h = 0;
     for (int q = 0; q < 32; q++) h |= ((hp >> q) & 1u) << moe_q5r_qh_bit(q);
     memcpy(blk, g + 2 * j, 2);
-    for (int k = 0; k < 4; k++) blk[2 + k] = (uint8_t)(h >> (8 * k));
-    for (int c = 0; c < 4; c++) memcpy(blk + 6 + 4 * c, g + 96 + 64 * c + 4 * j, 4);
+    if (m) memcpy(blk + 2, g + 32 + 2 * j, 2);
+    uint8_t *qh = blk + 2 + 2 * m;
+    for (int k = 0; k < 4; k++) qh[k] = (uint8_t)(h >> (8 * k));
+    for (int c = 0; c < 4; c++) memcpy(qh + 4 + 4 * c, g + hq + 64 + 64 * c + 4 * j, 4);
 }
 
 /* row o's 256-value block sb of a Q4_K R16 (Q5_K R16) view back in Q4_K (Q5_K) form: 144 (176) bytes */
@@ -348,9 +377,9 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
     if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16 || w->type == MOE_KTYPE_Q5_0_R16 ||
-        w->type == MOE_KTYPE_Q6_K_R16) {
+        w->type == MOE_KTYPE_Q5_1_R16 || w->type == MOE_KTYPE_Q6_K_R16) {
         /* block by block, in file form */
-        const int64_t per = w->type == MOE_KTYPE_Q5_0_R16 ? 32 : 256;
+        const int64_t per = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16 ? 32 : 256;
         uint8_t blk[210];
         for (int64_t b = 0; b < w->in / per; b++) {
             if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16)
@@ -362,6 +391,7 @@ void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
             const int ft = w->type == MOE_KTYPE_Q4_K_R16   ? MOE_DTYPE_Q4_K
                            : w->type == MOE_KTYPE_Q5_K_R16 ? MOE_DTYPE_Q5_K
                            : w->type == MOE_KTYPE_Q6_K_R16 ? MOE_DTYPE_Q6_K
+                           : w->type == MOE_KTYPE_Q5_1_R16 ? MOE_DTYPE_Q5_1
                                                            : MOE_DTYPE_Q5_0;
             moe_kern_dequant_row(ft, blk, dst + per * b, per);
         }
@@ -409,8 +439,9 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             }
         return;
     }
-    const int q5r = w->type == MOE_KTYPE_Q5_0_R16, q5 = w->type == MOE_DTYPE_Q5_0 || q5r;
-    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : q5 ? 22 : 34;
+    const int q5r = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16, q5 = w->type == MOE_DTYPE_Q5_0 || q5r,
+              q51 = w->type == MOE_DTYPE_Q5_1 || w->type == MOE_KTYPE_Q5_1_R16;
+    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : q51 ? 24 : q5 ? 22 : 34;
     const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
     uint8_t blk[34];
     for (int64_t o = o0; o < o1; o++) {
@@ -427,8 +458,12 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                     q5r_block(w, o, b, blk);
                     wb = blk;
                 }
-                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b) : q5 ? idot_q5_0(wb, a + b) : idot_q8_0(wb, a + b);
+                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b)
+                            : q51                 ? idot_q5_1(wb, a + b)
+                            : q5                  ? idot_q5_0(wb, a + b)
+                                                  : idot_q8_0(wb, a + b);
                 acc = fmaf((float)d, f16(wb) * a[b].d, acc);
+                if (q51) acc = fmaf((float)a[b].s, f16(wb + 2) * a[b].d, acc); /* the min: m · Σx */
             }
             y[t * ldy + o] = acc;
         }
