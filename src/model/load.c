@@ -6,9 +6,10 @@
  * is refused with its name, the expected and the actual shape. Weights stay in the mapping;
  * only 1-D tensors stored in a non-F32 type and the legacy fused attn_kv_b's key half (which
  * the absorbed attention needs transposed) are copied to F32 at load, and where the AVX-512
- * VNNI kernels run, the Q8_0 matrices are repacked once into their R16 layout (kern.h; same
- * size, same results bit for bit, about 1.3-3x the per-core speed of the Q8_0 form; MOE_REPACK=0
- * keeps the file's layout). */
+ * VNNI kernels run, the quantized matrices are repacked once into their R16 layouts (kern.h; same
+ * size, same results bit for bit, about 1.3-3x the per-core speed of the file's form); where
+ * only the AVX2 forms run, they are copied into huge pages in the file's layout. MOE_REPACK=0
+ * keeps the file's pages. */
 #include <math.h>
 #include <stdarg.h>
 #include <sys/mman.h>
@@ -497,9 +498,26 @@ static const r16_kind k_r16[] = {
     {MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16},
     {MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16},
 };
+/* Without VNNI (the AVX2 forms read the file's layout): the same copy into huge pages, layout
+ * unchanged. From the file's 4 KB pages the AVX2 kernel read the routed experts at ~20 % of the
+ * probe (page-cache faults on each expert's first use and a TLB miss per 4 KB of weights) while
+ * the head, read every token, ran at ~60 %. */
+static void copy_groups(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst) {
+    (void)in;
+    memcpy(dst + (size_t)g0 * 16 * src_row_bytes, src + (size_t)g0 * 16 * src_row_bytes, (size_t)(g1 - g0) * 16 * src_row_bytes);
+}
+static const r16_kind k_copy[] = {
+    {MOE_DTYPE_Q8_0, MOE_DTYPE_Q8_0, copy_groups}, {MOE_DTYPE_Q5_0, MOE_DTYPE_Q5_0, copy_groups},
+    {MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_0, copy_groups}, {MOE_DTYPE_Q5_1, MOE_DTYPE_Q5_1, copy_groups},
+    {MOE_DTYPE_Q4_K, MOE_DTYPE_Q4_K, copy_groups}, {MOE_DTYPE_Q5_K, MOE_DTYPE_Q5_K, copy_groups},
+    {MOE_DTYPE_Q6_K, MOE_DTYPE_Q6_K, copy_groups},
+};
 static const r16_kind *r16_form(int type) {
-    for (size_t i = 0; i < sizeof k_r16 / sizeof k_r16[0]; i++)
-        if (k_r16[i].type == type) return &k_r16[i];
+    const int vnni = moe_kern_level() == 2;
+    const r16_kind *k = vnni ? k_r16 : k_copy;
+    const size_t n = vnni ? sizeof k_r16 / sizeof k_r16[0] : sizeof k_copy / sizeof k_copy[0];
+    for (size_t i = 0; i < n; i++)
+        if (k[i].type == type) return &k[i];
     return NULL;
 }
 
@@ -525,7 +543,7 @@ static void rp_worker(void *arg, int ith, int nth) {
 static int repack_wanted(void) {
     const char *e = getenv("MOE_REPACK");
     if (e && !strcmp(e, "0")) return 0;
-    return moe_kern_level() == 2 && moe_kern_int8_enabled();
+    return moe_kern_level() >= 1 && moe_kern_level() <= 2 && moe_kern_int8_enabled();
 }
 
 static moe_status repack(moe_model *m, int release_src) {

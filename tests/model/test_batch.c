@@ -369,6 +369,52 @@ static void check_model(const char *label, const moe_init_config *cfg) {
     moe_model_close(m);
 }
 
+/* Without VNNI (the AVX2 forms; forced here with moe_kern_set_level) the product weights are
+ * copied into huge pages in the file's layout: same types, same logits as the file's pages */
+static void check_copy(const char *label) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
+    const int old = moe_kern_level();
+    if (moe_kern_set_level(1) != old || moe_kern_level() != 1) { /* not an AVX2 machine */
+        moe_kern_set_level(old);
+        printf("%-10s copy into huge pages: no AVX2 level on this machine\n", label);
+        return;
+    }
+    moe_model *mc = NULL, *m0 = NULL;
+    CHECK(moe_model_open(path, &mc, err, sizeof err) == MOE_OK, "%s: open (copy): %s", label, err);
+    setenv("MOE_REPACK", "0", 1);
+    CHECK(moe_model_open(path, &m0, err, sizeof err) == MOE_OK, "%s: open (file pages): %s", label, err);
+    unsetenv("MOE_REPACK");
+    if (mc && m0) {
+        CHECK(mc->n_packed > 0 && m0->n_packed == 0, "%s: %d tensors copied (MOE_REPACK=0: %d)", label, mc->n_packed, m0->n_packed);
+        CHECK(mc->output.type == m0->output.type && mc->output.data != m0->output.data,
+              "%s: the head keeps its type (%d, file %d) and moves to the copy", label, mc->output.type, m0->output.type);
+        moe_ctx_params cp = moe_ctx_default_params();
+        cp.n_threads = 2;
+        cp.n_ctx = 64;
+        moe_ctx *c1 = NULL, *c0 = NULL;
+        const int32_t tk[] = {1, 17, 5, 99, 42, 7, 3, 64, 11};
+        const int V = mc->hp.n_vocab;
+        int same = moe_ctx_init(mc, &cp, &c1, err, sizeof err) == MOE_OK && moe_ctx_init(m0, &cp, &c0, err, sizeof err) == MOE_OK;
+        if (same) {
+            same &= moe_ctx_eval(c1, tk, 7, NULL) == MOE_OK && moe_ctx_eval(c0, tk, 7, NULL) == MOE_OK;
+            same &= !memcmp(moe_ctx_logits(c1), moe_ctx_logits(c0), sizeof(float) * (size_t)V);
+            for (int i = 7; i < 9; i++) {
+                same &= moe_ctx_eval(c1, &tk[i], 1, NULL) == MOE_OK && moe_ctx_eval(c0, &tk[i], 1, NULL) == MOE_OK;
+                same &= !memcmp(moe_ctx_logits(c1), moe_ctx_logits(c0), sizeof(float) * (size_t)V);
+            }
+        }
+        printf("%-10s AVX2 level: %d tensors copied into huge pages, logits %s the file pages'\n", label, mc->n_packed,
+               same ? "bit-identical to" : "DIFFER from");
+        CHECK(same, "%s: logits of the copy differ", label);
+        moe_ctx_free(c1);
+        moe_ctx_free(c0);
+    }
+    moe_model_close(mc);
+    moe_model_close(m0);
+    moe_kern_set_level(old);
+}
+
 int main(void) {
     tu_tmpdir(g_dir, sizeof g_dir);
     moe_init_config base, c;
@@ -388,6 +434,8 @@ int main(void) {
     check_model("tiny-q6_k", &c);
     c.dtype = MOE_DTYPE_Q5_K;
     check_model("tiny-q5_k", &c);
+    check_copy("tiny-q8");
+    check_copy("tiny-q4_k");
     c = base;
     c.q_lora_rank = 0;
     c.gating = 1;
