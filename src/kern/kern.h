@@ -158,6 +158,12 @@ void moe_kern_repack_q6_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
  * bring it to bit 4 of byte k, where it completes the unsigned 5-bit value (w + 16) for
  * vpdpbusd; the running sum starts at −16·Σx. Same bits as on the Q5_0 original. */
 #define MOE_KTYPE_Q5_0_R16 0x1006
+/* Q4_0 repacked likewise ("Q4_0 R16"): 288 bytes per block of a group (16 × 18):
+ *   [32: d (F16)][4 × 64: nibble columns, as Q5_0 R16's]
+ * the values u − 8: the running sum starts at −8·Σx. */
+#define MOE_KTYPE_Q4_0_R16 0x1002
+void moe_kern_repack_q4_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst);
 /* Q5_1 repacked likewise ("Q5_1 R16"): 384 bytes per block of a group (16 × 24):
  *   [32: d (F16)][32: m (F16)][64: permuted qh][4 × 64: nibble columns]
  * the same permutation and columns as Q5_0 R16; the 5-bit values are unsigned (no −16), and the
@@ -173,7 +179,7 @@ static inline int moe_q5r_qh_bit(int p) {
 /* Groups [g0, g1) of a Q5_0 matrix (rows src_row_bytes apart) to Q5_0 R16 at dst. */
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst);
-/* 1 when a view of this type and shape can be repacked (Q8_0, Q5_0 and Q5_1 with in a multiple of 32,
+/* 1 when a view of this type and shape can be repacked (Q8_0, Q4_0, Q5_0 and Q5_1 with in a multiple of 32,
  * Q4_K, Q5_K and Q6_K with in a multiple of 256; out a multiple of 16). */
 int moe_kern_can_repack(int type, int64_t in, int64_t out);
 /* Groups [g0, g1) of a Q4_K matrix (rows src_row_bytes apart) to Q4_K R16 at dst. */

@@ -458,7 +458,7 @@ static moe_status bind_tensors(loader *l) {
     return MOE_OK;
 }
 
-/* ---- R16 repacking (kern.h): Q8_0, Q5_0, Q4_K and Q6_K product weights into the VNNI kernels'
+/* ---- R16 repacking (kern.h): Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K product weights into the VNNI kernels
  * layouts ----
  * Every product view (not the embedding table, which is read by rows) that points into a Q8_0,
  * Q5_0, Q4_K or Q6_K tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
@@ -492,6 +492,7 @@ typedef struct {
 } r16_kind;
 static const r16_kind k_r16[] = {
     {MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16},
+    {MOE_DTYPE_Q4_0, MOE_KTYPE_Q4_0_R16, moe_kern_repack_q4_0_r16},
     {MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16},
     {MOE_DTYPE_Q5_1, MOE_KTYPE_Q5_1_R16, moe_kern_repack_q5_1_r16},
     {MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16},

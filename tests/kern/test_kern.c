@@ -414,6 +414,16 @@ static void fix_q4_k(uint8_t *row, int64_t o, int64_t in) {
     }
 }
 
+/* Q4_0: row 19 denormal d, 90 large; 5/70 every value +7, 21/101 every value −8 */
+static void fix_q4_0(uint8_t *row, int64_t o, int64_t in) {
+    for (int64_t b = 0; b < in / 32; b++) {
+        uint8_t *blk = row + (size_t)b * 18;
+        put_f16(blk, (frand() + 1.5f) * (o == 19 ? 1e-7f : o == 90 ? 2e4f : 0.01f));
+        if (o == 5 || o == 70) memset(blk + 2, 0xFF, 16);
+        if (o == 21 || o == 101) memset(blk + 2, 0x00, 16);
+    }
+}
+
 /* Q5_1: row 19 denormal d, 90 large; 5/70 every value 31, 21/101 every value 0; mins of either sign */
 static void fix_q5_1(uint8_t *row, int64_t o, int64_t in) {
     for (int64_t b = 0; b < in / 32; b++) {
@@ -453,10 +463,12 @@ static void fix_q6_k(uint8_t *row, int64_t o, int64_t in) {
 
 static void test_layouts(void) {
     CHECK(moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q8_0, 2048, 40) &&
-              !moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48) && moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) &&
+              moe_kern_can_repack(MOE_DTYPE_Q4_0, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_1, 2048, 48) &&
+              moe_kern_can_repack(MOE_DTYPE_Q5_0, 1408, 48) && moe_kern_can_repack(MOE_DTYPE_Q5_1, 1408, 48) &&
+              moe_kern_can_repack(MOE_DTYPE_Q5_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q5_K, 1408, 48) &&
               moe_kern_can_repack(MOE_DTYPE_Q4_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q4_K, 224, 48) &&
               moe_kern_can_repack(MOE_DTYPE_Q6_K, 2048, 48) && !moe_kern_can_repack(MOE_DTYPE_Q6_K, 1408, 48),
-          "can_repack: Q8_0 and Q5_0 with in a multiple of 32, Q4_K of 256, out a multiple of 16");
+          "can_repack: Q8_0, Q4_0, Q5_0 and Q5_1 with in a multiple of 32, Q4_K, Q5_K and Q6_K of 256, out a multiple of 16");
     uint32_t seen = 0;
     for (int q = 0; q < 32; q++) seen |= 1u << moe_q5r_qh_bit(q);
     CHECK(seen == 0xFFFFFFFFu, "q5_0 r16: the qh permutation misses bits (%08x)", seen);
@@ -469,6 +481,7 @@ static void test_layouts(void) {
     const layout_case cases[] = {
         {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
         {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
+        {"q4_0 r16", MOE_DTYPE_Q4_0, MOE_KTYPE_Q4_0_R16, moe_kern_repack_q4_0_r16, fix_q4_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
         {"q5_1 r16", MOE_DTYPE_Q5_1, MOE_KTYPE_Q5_1_R16, moe_kern_repack_q5_1_r16, fix_q5_1, in_q5, 4, t_q5, 9, cuts, 4, 1},
         {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
         {"q5_k r16", MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16, fix_q5_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},

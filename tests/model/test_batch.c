@@ -356,10 +356,10 @@ static void check_model(const char *label, const moe_init_config *cfg) {
         printf("%-10s %d tensors repacked to R16: logits %s the file layout's\n", label, m->n_packed,
                same ? "bit-identical to" : "DIFFER from");
         CHECK(same, "%s: repacked logits differ from the file layout's", label);
-        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q5_K ||
+        if ((cfg->dtype == MOE_DTYPE_Q8_0 || cfg->dtype == MOE_DTYPE_Q4_0 || cfg->dtype == MOE_DTYPE_Q4_K || cfg->dtype == MOE_DTYPE_Q5_K ||
              cfg->dtype == MOE_DTYPE_Q6_K) &&
             moe_kern_level() == 2 && moe_kern_int8_enabled())
-            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_K / Q5_K / Q6_K model on a VNNI machine was not repacked", label);
+            CHECK(m->n_packed > 0, "%s: a Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K model on a VNNI machine was not repacked", label);
         moe_ctx_free(c1);
         moe_ctx_free(c0);
         moe_model_close(m0);

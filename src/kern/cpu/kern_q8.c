@@ -990,9 +990,11 @@ q5kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ld
  * high halves, the first starting at −16·Σx), NT ≤ 6 tokens per pass; then the ref's one fma per
  * block. Each block prefetches the block six ahead (~2 KB). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int M) {
+q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int KIND) {
+    /* KIND 0: Q5_0 R16; 1: Q5_1 R16 (the min's F16s before qh, no −16); 2: Q4_0 R16 (no qh, −8) */
+    const int M = KIND == 1, Q4 = KIND == 2;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
-    const size_t bs = M ? 384 : 352, hq0 = M ? 64 : 32; /* Q5_1 R16: the min's F16s before qh */
+    const size_t bs = Q4 ? 288 : M ? 384 : 352, hq0 = M ? 64 : 32;
     __m512 acc[6];
 #pragma GCC unroll 6
     for (int k = 0; k < 6; k++)
@@ -1001,19 +1003,22 @@ q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
         const uint8_t *blk = g + (size_t)b * bs;
         for (int l = 0; l < 6; l++) _mm_prefetch((const char *)blk + 6 * bs + 64 * l, _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
-        const __m512i hq = _mm512_loadu_si512(blk + hq0);
+        const __m512i hq = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512(blk + hq0);
         __m512i sl[6], sh[6];
 #pragma GCC unroll 6
         for (int k = 0; k < 6; k++)
             if (k < NT) {
-                sl[k] = M ? _mm512_setzero_si512() : _mm512_set1_epi32(-16 * xq[k * nb + b].s);
+                sl[k] = M ? _mm512_setzero_si512() : _mm512_set1_epi32((Q4 ? -8 : -16) * xq[k * nb + b].s);
                 sh[k] = _mm512_setzero_si512();
             }
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
-            const __m512i q = _mm512_loadu_si512(blk + hq0 + 64 + 64 * c);
-            const __m512i ul = _mm512_or_si512(_mm512_and_si512(q, m4), _mm512_and_si512(_mm512_slli_epi32(hq, 4 - c), m10));
-            const __m512i uh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4), _mm512_and_si512(_mm512_srli_epi32(hq, c), m10));
+            const __m512i q = _mm512_loadu_si512(blk + (Q4 ? 32 : hq0 + 64) + 64 * c);
+            __m512i ul = _mm512_and_si512(q, m4), uh = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            if (!Q4) {
+                ul = _mm512_or_si512(ul, _mm512_and_si512(_mm512_slli_epi32(hq, 4 - c), m10));
+                uh = _mm512_or_si512(uh, _mm512_and_si512(_mm512_srli_epi32(hq, c), m10));
+            }
 #pragma GCC unroll 6
             for (int k = 0; k < 6; k++)
                 if (k < NT) {
@@ -1042,14 +1047,14 @@ q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int
 }
 
 #define Q5R_CASE(n)                                                                                                    \
-    case n: q5r_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, M); break;
+    case n: q5r_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, KIND); break;
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q5r_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1, int M) {
+q5r_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1, int KIND) {
     const int64_t nb = w->in / 32, ntile = (T + 5) / 6;
     int64_t a, e;
     if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
     for (int64_t o = a; o < e; o += 16) {
-        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * (M ? 384 : 352);
+        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * (KIND == 2 ? 288 : KIND == 1 ? 384 : 352);
         for (int64_t i = 0; i < ntile; i++) { /* tiles of near-equal size, at most 6 */
             const int64_t t0 = T * i / ntile;
             switch ((int)(T * (i + 1) / ntile - t0)) {
@@ -1072,6 +1077,11 @@ q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q51r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     q5r_rows(w, xq, T, y, ldy, o0, o1, 1);
+}
+
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+q4r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    q5r_rows(w, xq, T, y, ldy, o0, o1, 2);
 }
 
 /* Q6_K R16 (kern.h): 16 rows in the lanes. Per activation block j = 4n + m of a 256-value block
@@ -1352,6 +1362,7 @@ static mmq_fn mmq_form(int type, int level) {
                : type == MOE_KTYPE_Q5_K_R16 ? q5kr_vnni
                : type == MOE_KTYPE_Q5_0_R16 ? q5r_vnni
                : type == MOE_KTYPE_Q5_1_R16 ? q51r_vnni
+               : type == MOE_KTYPE_Q4_0_R16 ? q4r_vnni
                : type == MOE_DTYPE_Q5_1     ? NULL
                : type == MOE_KTYPE_Q6_K_R16 ? q6kr_vnni
                                             : mmq_vnni;
@@ -1361,7 +1372,7 @@ static mmq_fn mmq_form(int type, int level) {
                : type == MOE_DTYPE_Q6_K                                       ? q6k_avx2
                : type == MOE_KTYPE_Q8_0_R16 || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 ||
                        type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16 || type == MOE_KTYPE_Q5_1_R16 ||
-                       type == MOE_DTYPE_Q5_1
+                       type == MOE_DTYPE_Q5_1 || type == MOE_KTYPE_Q4_0_R16
                    ? NULL
                                                                               : mmq_avx2;
 #endif

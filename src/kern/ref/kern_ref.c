@@ -144,7 +144,7 @@ int moe_kern_mmq_supported(int type) {
     return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_KTYPE_Q8_0_R16 ||
            type == MOE_DTYPE_Q4_K || type == MOE_KTYPE_Q4_K_R16 || type == MOE_KTYPE_Q5_0_R16 || type == MOE_DTYPE_Q5_K ||
            type == MOE_DTYPE_Q6_K || type == MOE_KTYPE_Q6_K_R16 || type == MOE_KTYPE_Q5_K_R16 || type == MOE_DTYPE_Q5_1 ||
-           type == MOE_KTYPE_Q5_1_R16;
+           type == MOE_KTYPE_Q5_1_R16 || type == MOE_KTYPE_Q4_0_R16;
 }
 
 /* Q4_K row · activation blocks (kern.h): sub-block j of a 256-value block (6-bit scale sc,
@@ -215,7 +215,7 @@ float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
 /* ---- the R16 layout (kern.h) ---- */
 
 int moe_kern_can_repack(int type, int64_t in, int64_t out) {
-    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q5_0 || type == MOE_DTYPE_Q5_1 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
+    const int64_t blk = type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_DTYPE_Q5_1 ? 32 : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K || type == MOE_DTYPE_Q6_K ? 256 : 0;
     return blk && in > 0 && in % blk == 0 && out > 0 && out % 16 == 0;
 }
 
@@ -275,6 +275,28 @@ static void repack_q5_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, 
 void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst) {
     repack_q5_r16(src, src_row_bytes, in, g0, g1, dst, 0);
+}
+
+void moe_kern_repack_q4_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
+                              uint8_t *dst) {
+    const int64_t nb = in / 32;
+    for (int64_t g = g0; g < g1; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * 288;
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * 18;
+                memcpy(o + 2 * j, blk, 2);
+                for (int c = 0; c < 4; c++) memcpy(o + 32 + 64 * c + 4 * j, blk + 2 + 4 * c, 4);
+            }
+        }
+}
+
+/* row o's block b of a Q4_0 R16 view back in Q4_0 form (18 bytes) */
+static void q4r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t *blk) {
+    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * 288;
+    const int j = (int)(o % 16);
+    memcpy(blk, g + 2 * j, 2);
+    for (int c = 0; c < 4; c++) memcpy(blk + 2 + 4 * c, g + 32 + 64 * c + 4 * j, 4);
 }
 
 void moe_kern_repack_q5_1_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -377,21 +399,25 @@ static void r16_block(const moe_wview *w, int64_t o, int64_t b, uint8_t blk[34])
 
 void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
     if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16 || w->type == MOE_KTYPE_Q5_0_R16 ||
-        w->type == MOE_KTYPE_Q5_1_R16 || w->type == MOE_KTYPE_Q6_K_R16) {
+        w->type == MOE_KTYPE_Q5_1_R16 || w->type == MOE_KTYPE_Q6_K_R16 || w->type == MOE_KTYPE_Q4_0_R16) {
         /* block by block, in file form */
-        const int64_t per = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16 ? 32 : 256;
+        const int64_t per =
+            w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16 || w->type == MOE_KTYPE_Q4_0_R16 ? 32 : 256;
         uint8_t blk[210];
         for (int64_t b = 0; b < w->in / per; b++) {
             if (w->type == MOE_KTYPE_Q4_K_R16 || w->type == MOE_KTYPE_Q5_K_R16)
                 q4kr_block(w, o, b, blk);
             else if (w->type == MOE_KTYPE_Q6_K_R16)
                 q6kr_block(w, o, b, blk);
+            else if (w->type == MOE_KTYPE_Q4_0_R16)
+                q4r_block(w, o, b, blk);
             else
                 q5r_block(w, o, b, blk);
             const int ft = w->type == MOE_KTYPE_Q4_K_R16   ? MOE_DTYPE_Q4_K
                            : w->type == MOE_KTYPE_Q5_K_R16 ? MOE_DTYPE_Q5_K
                            : w->type == MOE_KTYPE_Q6_K_R16 ? MOE_DTYPE_Q6_K
                            : w->type == MOE_KTYPE_Q5_1_R16 ? MOE_DTYPE_Q5_1
+                           : w->type == MOE_KTYPE_Q4_0_R16 ? MOE_DTYPE_Q4_0
                                                            : MOE_DTYPE_Q5_0;
             moe_kern_dequant_row(ft, blk, dst + per * b, per);
         }
@@ -441,7 +467,8 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
     }
     const int q5r = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16, q5 = w->type == MOE_DTYPE_Q5_0 || q5r,
               q51 = w->type == MOE_DTYPE_Q5_1 || w->type == MOE_KTYPE_Q5_1_R16;
-    const size_t bb = w->type == MOE_DTYPE_Q4_0 ? 18 : q51 ? 24 : q5 ? 22 : 34;
+    const int q4 = w->type == MOE_DTYPE_Q4_0 || w->type == MOE_KTYPE_Q4_0_R16;
+    const size_t bb = q4 ? 18 : q51 ? 24 : q5 ? 22 : 34;
     const int r16 = w->type == MOE_KTYPE_Q8_0_R16;
     uint8_t blk[34];
     for (int64_t o = o0; o < o1; o++) {
@@ -457,8 +484,11 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                 } else if (q5r) {
                     q5r_block(w, o, b, blk);
                     wb = blk;
+                } else if (w->type == MOE_KTYPE_Q4_0_R16) {
+                    q4r_block(w, o, b, blk);
+                    wb = blk;
                 }
-                int32_t d = w->type == MOE_DTYPE_Q4_0 ? idot_q4_0(wb, a + b)
+                int32_t d = q4                    ? idot_q4_0(wb, a + b)
                             : q51                 ? idot_q5_1(wb, a + b)
                             : q5                  ? idot_q5_0(wb, a + b)
                                                   : idot_q8_0(wb, a + b);
