@@ -187,11 +187,10 @@ __attribute__((target("avx2"))) static inline void transpose8(const __m256i in[8
  * rows against 21 for 8 in the ymm hadd tree). While a group streams, the next group's bytes are
  * prefetched at the same pace (16 blocks' worth per block), so the first load of each weight
  * block finds its line on the way instead of waiting for memory. Returns the rows done. */
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static int64_t
-mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline int64_t
+mmq_vnni16_body(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1, int q8,
+                int q5) {
     const int64_t nb = w->in / 32;
-    const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const int q5 = w->type == MOE_DTYPE_Q5_0;
     const size_t bb = q8 ? 34 : q5 ? 22 : 18, rb = w->row_bytes, step = 16 * bb;
     const int32_t bias = q8 ? 128 : q5 ? 16 : 8;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
@@ -211,6 +210,7 @@ mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t l
                 ld16(r[6] + off), ld16(r[7] + off), ld16(r[8] + off), ld16(r[9] + off), ld16(r[10] + off),
                 ld16(r[11] + off), ld16(r[12] + off), ld16(r[13] + off), ld16(r[14] + off), ld16(r[15] + off)));
             __m512i wq[8];
+#pragma GCC unroll 8
             for (int i = 0; i < 8; i++) {
                 __m256i lo = q8 ? _mm256_loadu_si256((const __m256i *)(r[i] + off + 2)) : q45_unpack(q5, r[i] + off);
                 __m256i hi = q8 ? _mm256_loadu_si256((const __m256i *)(r[i + 8] + off + 2)) : q45_unpack(q5, r[i + 8] + off);
@@ -221,6 +221,7 @@ mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t l
                 const moe_q8a *a = xq + k * nb + b;
                 const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)a->q));
                 __m512i p[8];
+#pragma GCC unroll 8
                 for (int i = 0; i < 8; i++) p[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[i], x);
                 /* per 128-bit lane: pairs, then quads of rows (lane j of 4: rows i..i+3 of that 16 bytes) */
                 __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
@@ -243,6 +244,14 @@ mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t l
         }
     }
     return o - o0;
+}
+
+/* one instance per weight type (a runtime type kept the row arrays on the stack, as in mmq_avx2) */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static int64_t
+mmq_vnni16(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    if (w->type == MOE_DTYPE_Q8_0) return mmq_vnni16_body(w, xq, T, y, ldy, o0, o1, 1, 0);
+    if (w->type == MOE_DTYPE_Q5_0) return mmq_vnni16_body(w, xq, T, y, ldy, o0, o1, 0, 1);
+    return mmq_vnni16_body(w, xq, T, y, ldy, o0, o1, 0, 0);
 }
 
 /* T >= 3 (prefill, expert groups, batched decode), 16 rows per pass: a chunk of up to GK blocks
