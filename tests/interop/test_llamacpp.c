@@ -144,6 +144,14 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "%s quantize %s %s q4_k > /dev/null 2>&1", g_bin, in, out);
     CHECK(run(cmd) == 0, "moe quantize q4_k");
     compare("quantized-q4_k", out, 1e-1, 0.6);
+    snprintf(out, sizeof out, "%s/tiny-q5_k.gguf", g_dir);
+    snprintf(cmd, sizeof cmd, "%s quantize %s %s q5_k > /dev/null 2>&1", g_bin, in, out);
+    CHECK(run(cmd) == 0, "moe quantize q5_k");
+    compare("quantized-q5_k", out, 1e-1, 0.6);
+    snprintf(out, sizeof out, "%s/tiny-q6_k.gguf", g_dir);
+    snprintf(cmd, sizeof cmd, "%s quantize %s %s q6_k > /dev/null 2>&1", g_bin, in, out);
+    CHECK(run(cmd) == 0, "moe quantize q6_k");
+    compare("quantized-q6_k", out, 5e-2, 0.75);
     snprintf(out, sizeof out, "%s/tiny-q8.gguf", g_dir);
     snprintf(cmd, sizeof cmd, "%s quantize %s %s q8_0 > /dev/null 2>&1", g_bin, in, out);
     CHECK(run(cmd) == 0, "moe quantize q8_0");
