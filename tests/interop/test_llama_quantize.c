@@ -9,6 +9,7 @@
  * different layout fails the test instead of being guessed at. Then, for Q8_0, Q4_0, Q4_K and Q5_K,
  * every tensor of both outputs must have the same type and the same bytes. */
 #include <dlfcn.h>
+#include <math.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <stdint.h>
@@ -17,6 +18,7 @@
 #include "moe/dtype.h"
 #include "moe/gguf.h"
 #include "moe/init.h"
+#include "moe/model.h"
 #include "testutil.h"
 
 typedef struct {
@@ -24,6 +26,44 @@ typedef struct {
 } qparams;
 
 static char g_dir[512];
+
+/* logits of tokens 0..n-1 (n × V) on a model file, 2 threads */
+static float *eval_file(const char *path, const int32_t *tok, int n, int *V_out, char *types, size_t types_len) {
+    char err[512];
+    moe_model *m = NULL;
+    if (moe_model_open(path, &m, err, sizeof err)) {
+        CHECK(0, "moekit opens %s: %s", path, err);
+        return NULL;
+    }
+    if (types) { /* the distinct tensor types of the file, by name */
+        moe_gguf *g = NULL;
+        int seen[64] = {0};
+        types[0] = 0;
+        if (moe_gguf_open(path, &g, err, sizeof err) == MOE_OK) {
+            for (int64_t i = 0; i < moe_gguf_n_tensors(g); i++) {
+                const int t = moe_gguf_tensor_at(g, i)->type;
+                if (t >= 0 && t < 64 && !seen[t]++)
+                    snprintf(types + strlen(types), types_len - strlen(types), "%s%s", types[0] ? " " : "", moe_dtype_name(t));
+            }
+            moe_gguf_close(g);
+        }
+    }
+    const int V = moe_model_hparams(m)->n_vocab;
+    moe_ctx_params cp = moe_ctx_default_params();
+    cp.n_ctx = 64;
+    cp.n_threads = 2;
+    moe_ctx *c = NULL;
+    float *l = malloc(sizeof(float) * (size_t)n * (size_t)V);
+    if (moe_ctx_init(m, &cp, &c, err, sizeof err) || moe_ctx_eval(c, tok, n, l)) {
+        CHECK(0, "moekit evaluates %s: %s", path, err);
+        free(l);
+        l = NULL;
+    }
+    moe_ctx_free(c);
+    moe_model_close(m);
+    *V_out = V;
+    return l;
+}
 
 int main(void) {
     const char *src = getenv("MOE_SRC"), *bin = getenv("MOE_BIN");
@@ -118,5 +158,45 @@ int main(void) {
         moe_gguf_close(gl);
         moe_gguf_close(gm);
     }
+
+    /* llama.cpp's own mixes (not pure: Q6_K and Q5_0/Q8_0 where llama.cpp puts them, as in the files
+     * users download): moekit loads them and its logits stay near the F32 model's */
+    const int32_t tok[] = {1, 300, 301, 5, 77, 260, 499, 12, 13, 400, 401, 3};
+    const int n = (int)(sizeof tok / sizeof tok[0]);
+    int V = 0;
+    float *ref = eval_file(in, tok, n, &V, NULL, 0);
+    struct {
+        const char *name;
+        int32_t ftype; /* MOSTLY_Q4_K_M = 15, MOSTLY_Q5_K_M = 17 */
+    } mixes[] = {{"q4_k_m", 15}, {"q5_k_m", 17}};
+    for (size_t k = 0; k < sizeof mixes / sizeof mixes[0] && ref; k++) {
+        char lpath[1024], types[256];
+        snprintf(lpath, sizeof lpath, "%s/llama-%s.gguf", g_dir, mixes[k].name);
+        qparams q = defaults();
+        memcpy(q.b + 4, &mixes[k].ftype, 4);
+        int saved = dup(2), devnull = open("/dev/null", 1);
+        dup2(devnull, 2);
+        uint32_t rc = quantize(in, lpath, &q);
+        dup2(saved, 2);
+        close(devnull);
+        close(saved);
+        CHECK(rc == 0, "llama.cpp quantize %s: %u", mixes[k].name, rc);
+        int V2 = 0;
+        float *l = rc == 0 ? eval_file(lpath, tok, n, &V2, types, sizeof types) : NULL;
+        if (!l) continue;
+        double se = 0, sv = 0;
+        int finite = V2 == V;
+        for (size_t i = 0; finite && i < (size_t)n * V; i++) {
+            finite &= isfinite(l[i]);
+            se += ((double)l[i] - ref[i]) * ((double)l[i] - ref[i]);
+            sv += (double)ref[i] * ref[i];
+        }
+        const double rel = sqrt(se / sv);
+        printf("llama.cpp %s (%s): moekit logits, relative RMS difference to f32 %.4f\n", mixes[k].name, types, rel);
+        CHECK(finite && rel < 1.0, "%s: logits finite and near f32 (%.4f)", mixes[k].name, rel);
+        CHECK(strstr(types, "q6_k") != NULL, "%s holds q6_k tensors (%s)", mixes[k].name, types);
+        free(l);
+    }
+    free(ref);
     return test_done();
 }
