@@ -761,6 +761,21 @@ __attribute__((target("avx512f"), always_inline)) static inline void ksum_store(
         }
 }
 
+/* A Q4_K / Q5_K R16 block's head: the 16 rows' d and dmin as floats, and their 6-bit scales and
+ * mins unpacked with moe_kscale8's arithmetic lane-wise (byte j of sc[j / 4] / mn[j / 4] is
+ * sub-block j's scale / min) */
+__attribute__((target("avx2,f16c,avx512f,avx512bw"), always_inline)) static inline void
+qkr_head(const uint8_t *blk, __m512 *dv, __m512 *mv, __m512i sc[2], __m512i mn[2]) {
+    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
+    *dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+    *mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
+    const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
+    sc[0] = _mm512_and_si512(w0, k3f);
+    sc[1] = _mm512_or_si512(_mm512_and_si512(w2, k0f), _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30));
+    mn[0] = _mm512_and_si512(w1, k3f);
+    mn[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f), _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30));
+}
+
 /* Q5_K R16: the fifth bits of column c for sub-blocks j (into lo) and j + 1 (into hi): bit j
  * (j + 1) of each qh byte moved to bit 4 (16-bit shifts: no bit crosses into bit 4 of the other
  * byte) */
@@ -785,21 +800,15 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
     const int64_t nsb = nb / 8;
     const size_t bs = FIVE ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10), mff = _mm512_set1_epi32(0xFF);
-    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     __m512 acc[2][8];
     ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = g + (size_t)sb * bs;
         for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
-        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
-        const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
-        /* moe_kscale8, lane-wise: byte j of sc[j / 4] / mn[j / 4] is sub-block j's scale / min */
-        const __m512i sc[2] = {_mm512_and_si512(w0, k3f),
-                               _mm512_or_si512(_mm512_and_si512(w2, k0f), _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30))};
-        const __m512i mn[2] = {_mm512_and_si512(w1, k3f), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
-                                                                          _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30))};
+        __m512 dv, mv;
+        __m512i sc[2], mn[2];
+        qkr_head(blk, &dv, &mv, sc, mn);
         const moe_q8a *xb = xq + sb * 8;
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
@@ -912,25 +921,20 @@ q4kr_tok(const __m512i lo[8], const __m512i hi[8], const __m512 d1[2], const __m
             }
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy, int FIVE) {
     const int64_t nsb = nb / 8;
     const size_t bs = FIVE ? MOE_Q5K_R16_BLOCK : MOE_Q4K_R16_BLOCK;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10), mff = _mm512_set1_epi32(0xFF);
-    const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
     _Alignas(64) float acc[Q4KR_TC][8][16];
     ksum_zero_many(acc, T);
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = g + (size_t)sb * bs;
         for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
-        const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
-        const __m512i w0 = _mm512_loadu_si512(blk + 64), w1 = _mm512_loadu_si512(blk + 128), w2 = _mm512_loadu_si512(blk + 192);
-        const __m512i sc[2] = {_mm512_and_si512(w0, k3f),
-                               _mm512_or_si512(_mm512_and_si512(w2, k0f), _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30))};
-        const __m512i mn[2] = {_mm512_and_si512(w1, k3f), _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
-                                                                          _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30))};
+        __m512 dv, mv;
+        __m512i sc[2], mn[2];
+        qkr_head(blk, &dv, &mv, sc, mn);
         const moe_q8a *xb = xq + sb * 8;
         for (int p = 0; p < 4; p++) {
             __m512i lo[8], hi[8];
@@ -1093,6 +1097,30 @@ q4r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     q5r_rows(w, xq, T, y, ldy, o0, o1, 2);
 }
 
+/* Q6_K R16 block blk's activation block j = 4n + m: the 16 rows' 6-bit values of its 8 columns
+ * (ql nibble or-ed with the qh bits 2m, 2m+1 moved to bits 4-5) and its two int8 scale vectors
+ * (scale indices 8n + 2m and + 1: word s/4, byte s%4, sign-extended) */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void q6kr_cols(const uint8_t *blk, int j, __m512i u[8],
+                                                                                         __m512i *sc0, __m512i *sc1) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const int n = j / 4, m = j % 4;
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) {
+        const __m512i lq = _mm512_loadu_si512(blk + 288 + 64 * (16 * n + 8 * (m & 1) + c));
+        const __m512i hq = _mm512_loadu_si512(blk + 2336 + 64 * (8 * n + c));
+        const __m512i nib = m < 2 ? _mm512_and_si512(lq, m4) : _mm512_and_si512(_mm512_srli_epi16(lq, 4), m4);
+        const __m512i hb = m == 0   ? _mm512_and_si512(_mm512_slli_epi16(hq, 4), m30)
+                           : m == 1 ? _mm512_and_si512(_mm512_slli_epi16(hq, 2), m30)
+                           : m == 2 ? _mm512_and_si512(hq, m30)
+                                    : _mm512_and_si512(_mm512_srli_epi16(hq, 2), m30);
+        u[c] = _mm512_or_si512(nib, hb);
+    }
+    const int s0 = 8 * n + 2 * m, s1 = s0 + 1;
+    const __m512i w0 = _mm512_loadu_si512(blk + 32 + 64 * (s0 / 4)), w1 = _mm512_loadu_si512(blk + 32 + 64 * (s1 / 4));
+    *sc0 = _mm512_srai_epi32(_mm512_slli_epi32(w0, 24 - 8 * (s0 % 4)), 24);
+    *sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
+}
+
 /* Q6_K R16 (kern.h): 16 rows in the lanes. Per activation block j = 4n + m of a 256-value block
  * and column c: the ql column masked or shifted (nibble) or-ed with the qh column's bits 2m, 2m+1
  * moved to bits 4-5: the 6-bit u of 16 rows for vpdpbusd. Two chains per token (the block's two
@@ -1103,7 +1131,6 @@ q4r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
     const int64_t nsb = nb / 8;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     __m512 acc[2][8];
     ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
@@ -1112,9 +1139,9 @@ q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            const int n = j / 4, m = j % 4;
             const int64_t b = sb * 8 + j;
-            __m512i i0[2], i1[2];
+            __m512i i0[2], i1[2], u[8], sc0, sc1;
+            q6kr_cols(blk, j, u, &sc0, &sc1);
 #pragma GCC unroll 2
             for (int k = 0; k < 2; k++)
                 if (k < NT) {
@@ -1122,29 +1149,16 @@ q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
                     i1[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2 + 1]);
                 }
 #pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                const __m512i lq = _mm512_loadu_si512(blk + 288 + 64 * (16 * n + 8 * (m & 1) + c));
-                const __m512i hq = _mm512_loadu_si512(blk + 2336 + 64 * (8 * n + c));
-                const __m512i nib = m < 2 ? _mm512_and_si512(lq, m4) : _mm512_and_si512(_mm512_srli_epi16(lq, 4), m4);
-                const __m512i hb = m == 0   ? _mm512_and_si512(_mm512_slli_epi16(hq, 4), m30)
-                                   : m == 1 ? _mm512_and_si512(_mm512_slli_epi16(hq, 2), m30)
-                                   : m == 2 ? _mm512_and_si512(hq, m30)
-                                            : _mm512_and_si512(_mm512_srli_epi16(hq, 2), m30);
-                const __m512i u = _mm512_or_si512(nib, hb);
+            for (int c = 0; c < 8; c++)
 #pragma GCC unroll 2
                 for (int k = 0; k < 2; k++)
                     if (k < NT) {
                         const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
                         if (c < 4)
-                            i0[k] = _mm512_dpbusd_epi32(i0[k], u, xb);
+                            i0[k] = _mm512_dpbusd_epi32(i0[k], u[c], xb);
                         else
-                            i1[k] = _mm512_dpbusd_epi32(i1[k], u, xb);
+                            i1[k] = _mm512_dpbusd_epi32(i1[k], u[c], xb);
                     }
-            }
-            const int s0 = 8 * n + 2 * m, s1 = s0 + 1; /* scale indices: word s/4, byte s%4, sign-extended */
-            const __m512i w0 = _mm512_loadu_si512(blk + 32 + 64 * (s0 / 4)), w1 = _mm512_loadu_si512(blk + 32 + 64 * (s1 / 4));
-            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(w0, 24 - 8 * (s0 % 4)), 24);
-            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
 #pragma GCC unroll 2
             for (int k = 0; k < 2; k++)
                 if (k < NT) {
@@ -1193,7 +1207,6 @@ q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 q6kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, int64_t ldy, const int32_t *hs) {
     const int64_t nsb = nb / 8;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     _Alignas(64) float acc[Q4KR_TC][8][16];
     ksum_zero_many(acc, T);
     for (int64_t sb = 0; sb < nsb; sb++) {
@@ -1202,24 +1215,9 @@ q6kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, 
         const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            const int n = j / 4, m = j % 4;
             const int64_t b = sb * 8 + j;
-            __m512i u[8];
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++) {
-                const __m512i lq = _mm512_loadu_si512(blk + 288 + 64 * (16 * n + 8 * (m & 1) + c));
-                const __m512i hq = _mm512_loadu_si512(blk + 2336 + 64 * (8 * n + c));
-                const __m512i nib = m < 2 ? _mm512_and_si512(lq, m4) : _mm512_and_si512(_mm512_srli_epi16(lq, 4), m4);
-                const __m512i hb = m == 0   ? _mm512_and_si512(_mm512_slli_epi16(hq, 4), m30)
-                                   : m == 1 ? _mm512_and_si512(_mm512_slli_epi16(hq, 2), m30)
-                                   : m == 2 ? _mm512_and_si512(hq, m30)
-                                            : _mm512_and_si512(_mm512_srli_epi16(hq, 2), m30);
-                u[c] = _mm512_or_si512(nib, hb);
-            }
-            const int s0 = 8 * n + 2 * m, s1 = s0 + 1;
-            const __m512i w0 = _mm512_loadu_si512(blk + 32 + 64 * (s0 / 4)), w1 = _mm512_loadu_si512(blk + 32 + 64 * (s1 / 4));
-            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(w0, 24 - 8 * (s0 % 4)), 24);
-            const __m512i sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
+            __m512i u[8], sc0, sc1;
+            q6kr_cols(blk, j, u, &sc0, &sc1);
             int64_t t = 0;
             for (; t + 2 <= T; t += 2) q6kr_tok(u, sc0, sc1, dv, xq + t * nb, nb, b, hs + t * nb * 2, acc + t, j, 2);
             if (t < T) q6kr_tok(u, sc0, sc1, dv, xq + t * nb, nb, b, hs + t * nb * 2, acc + t, j, 1);
