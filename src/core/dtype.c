@@ -473,6 +473,18 @@ static void quant_q6_k_block(const float *restrict x, uint8_t *restrict y) {
     y[209] = (uint8_t)(h >> 8);
 }
 
+static void quant_q4_k_block(const float *restrict x, uint8_t *restrict y) { quant_qk_block(x, y, 0); }
+static void quant_q5_k_block(const float *restrict x, uint8_t *restrict y) { quant_qk_block(x, y, 1); }
+
+/* n values of a block type, block by block (n a multiple of the block size) */
+static int quant_blocks(const float *src, uint8_t *d8, int64_t n, int type, void (*block)(const float *, uint8_t *)) {
+    const int64_t bs = moe_dtype_block_size(type);
+    const size_t bb = moe_dtype_row_bytes(type, bs);
+    if (n % bs) return MOE_ERR_INVAL;
+    for (int64_t b = 0; b < n / bs; b++) block(src + b * bs, d8 + (size_t)b * bb);
+    return 0;
+}
+
 int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
     uint8_t *d8 = dst;
     switch (type) {
@@ -522,26 +534,11 @@ int moe_dtype_quant_row(int type, const float *src, void *dst, int64_t n) {
             }
         }
         return 0;
-    case MOE_DTYPE_Q5_0:
-        if (n % 32) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 32; b++) quant_q5_0_block(src + b * 32, d8 + b * 22);
-        return 0;
-    case MOE_DTYPE_Q4_K:
-        if (n % 256) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 256; b++) quant_qk_block(src + b * 256, d8 + b * 144, 0);
-        return 0;
-    case MOE_DTYPE_Q5_1:
-        if (n % 32) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 32; b++) quant_q5_1_block(src + b * 32, d8 + b * 24);
-        return 0;
-    case MOE_DTYPE_Q5_K:
-        if (n % 256) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 256; b++) quant_qk_block(src + b * 256, d8 + b * 176, 1);
-        return 0;
-    case MOE_DTYPE_Q6_K:
-        if (n % 256) return MOE_ERR_INVAL;
-        for (int64_t b = 0; b < n / 256; b++) quant_q6_k_block(src + b * 256, d8 + b * 210);
-        return 0;
+    case MOE_DTYPE_Q5_0: return quant_blocks(src, d8, n, type, quant_q5_0_block);
+    case MOE_DTYPE_Q5_1: return quant_blocks(src, d8, n, type, quant_q5_1_block);
+    case MOE_DTYPE_Q4_K: return quant_blocks(src, d8, n, type, quant_q4_k_block);
+    case MOE_DTYPE_Q5_K: return quant_blocks(src, d8, n, type, quant_q5_k_block);
+    case MOE_DTYPE_Q6_K: return quant_blocks(src, d8, n, type, quant_q6_k_block);
     default: return MOE_ERR_UNSUPPORTED;
     }
 }

@@ -251,23 +251,30 @@ void moe_kern_repack_q5_k_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
     repack_qk_r16(src, src_row_bytes, in, g0, g1, dst, 1);
 }
 
-/* Q5_0 (m = 0) or Q5_1 (m = 1: the min after d, 32 bytes more per block) */
+/* Q5_0 (kind 0), Q5_1 (kind 1: the min after d, 32 bytes more per block) or Q4_0 (kind 2: no
+ * high bits) */
+static const size_t q5r_bytes[3] = {352, 384, 288}, q5r_file[3] = {22, 24, 18}, q5r_cols[3] = {96, 128, 32};
 static void repack_q5_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst,
-                          int m) {
+                          int kind) {
     const int64_t nb = in / 32;
-    const size_t bs = m ? 384 : 352, fb = m ? 24 : 22, hq = m ? 64 : 32;
+    const int m = kind == 1;
+    const size_t hq = m ? 64 : 32;
     for (int64_t g = g0; g < g1; g++)
         for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * bs;
+            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * q5r_bytes[kind];
             for (int j = 0; j < 16; j++) {
-                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * fb, *qh = blk + 2 + 2 * m;
-                const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
-                uint32_t hp = 0;
-                for (int q = 0; q < 32; q++) hp |= ((h >> moe_q5r_qh_bit(q)) & 1u) << q;
+                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * q5r_file[kind];
+                const uint8_t *qs = blk + q5r_file[kind] - 16;
                 memcpy(o + 2 * j, blk, 2);
                 if (m) memcpy(o + 32 + 2 * j, blk + 2, 2);
-                for (int k = 0; k < 4; k++) o[hq + 4 * j + k] = (uint8_t)(hp >> (8 * k));
-                for (int c = 0; c < 4; c++) memcpy(o + hq + 64 + 64 * c + 4 * j, qh + 4 + 4 * c, 4);
+                if (kind != 2) {
+                    const uint8_t *qh = blk + 2 + 2 * m;
+                    const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+                    uint32_t hp = 0;
+                    for (int q = 0; q < 32; q++) hp |= ((h >> moe_q5r_qh_bit(q)) & 1u) << q;
+                    for (int k = 0; k < 4; k++) o[hq + 4 * j + k] = (uint8_t)(hp >> (8 * k));
+                }
+                for (int c = 0; c < 4; c++) memcpy(o + q5r_cols[kind] + 64 * c + 4 * j, qs + 4 * c, 4);
             }
         }
 }
@@ -279,24 +286,7 @@ void moe_kern_repack_q5_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t 
 
 void moe_kern_repack_q4_0_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
                               uint8_t *dst) {
-    const int64_t nb = in / 32;
-    for (int64_t g = g0; g < g1; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = dst + ((size_t)g * (size_t)nb + (size_t)b) * 288;
-            for (int j = 0; j < 16; j++) {
-                const uint8_t *blk = src + (size_t)(16 * g + j) * src_row_bytes + (size_t)b * 18;
-                memcpy(o + 2 * j, blk, 2);
-                for (int c = 0; c < 4; c++) memcpy(o + 32 + 64 * c + 4 * j, blk + 2 + 4 * c, 4);
-            }
-        }
-}
-
-/* row o's block b of a Q4_0 R16 view back in Q4_0 form (18 bytes) */
-static void q4r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t *blk) {
-    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * 288;
-    const int j = (int)(o % 16);
-    memcpy(blk, g + 2 * j, 2);
-    for (int c = 0; c < 4; c++) memcpy(blk + 2 + 4 * c, g + 32 + 64 * c + 4 * j, 4);
+    repack_q5_r16(src, src_row_bytes, in, g0, g1, dst, 2);
 }
 
 void moe_kern_repack_q5_1_r16(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1,
@@ -330,21 +320,24 @@ static void q6kr_block(const moe_wview *w, int64_t o, int64_t sb, uint8_t blk[21
     for (int c = 0; c < 16; c++) memcpy(blk + 128 + 4 * c, b + 2336 + 64 * c + 4 * j, 4);
 }
 
-/* row o's block b of a Q5_0 (Q5_1) R16 view back in Q5_0 (Q5_1) form: 22 (24) bytes */
+/* row o's block b of a Q5_0, Q5_1 or Q4_0 R16 view back in file form: 22, 24 or 18 bytes */
 static void q5r_block(const moe_wview *w, int64_t o, int64_t b, uint8_t *blk) {
-    const int m = w->type == MOE_KTYPE_Q5_1_R16;
+    const int kind = w->type == MOE_KTYPE_Q5_1_R16 ? 1 : w->type == MOE_KTYPE_Q4_0_R16 ? 2 : 0, m = kind == 1;
     const size_t hq = m ? 64 : 32;
-    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * (m ? 384 : 352);
+    const uint8_t *g = w->data + ((size_t)(o / 16) * (size_t)(w->in / 32) + (size_t)b) * q5r_bytes[kind];
     const int j = (int)(o % 16);
-    const uint32_t hp = (uint32_t)g[hq + 4 * j] | (uint32_t)g[hq + 1 + 4 * j] << 8 | (uint32_t)g[hq + 2 + 4 * j] << 16 |
-                        (uint32_t)g[hq + 3 + 4 * j] << 24;
-    uint32_t h = 0;
-    for (int q = 0; q < 32; q++) h |= ((hp >> q) & 1u) << moe_q5r_qh_bit(q);
     memcpy(blk, g + 2 * j, 2);
     if (m) memcpy(blk + 2, g + 32 + 2 * j, 2);
-    uint8_t *qh = blk + 2 + 2 * m;
-    for (int k = 0; k < 4; k++) qh[k] = (uint8_t)(h >> (8 * k));
-    for (int c = 0; c < 4; c++) memcpy(qh + 4 + 4 * c, g + hq + 64 + 64 * c + 4 * j, 4);
+    if (kind != 2) {
+        const uint32_t hp = (uint32_t)g[hq + 4 * j] | (uint32_t)g[hq + 1 + 4 * j] << 8 | (uint32_t)g[hq + 2 + 4 * j] << 16 |
+                            (uint32_t)g[hq + 3 + 4 * j] << 24;
+        uint32_t h = 0;
+        for (int q = 0; q < 32; q++) h |= ((hp >> q) & 1u) << moe_q5r_qh_bit(q);
+        uint8_t *qh = blk + 2 + 2 * m;
+        for (int k = 0; k < 4; k++) qh[k] = (uint8_t)(h >> (8 * k));
+    }
+    uint8_t *qs = blk + q5r_file[kind] - 16;
+    for (int c = 0; c < 4; c++) memcpy(qs + 4 * c, g + q5r_cols[kind] + 64 * c + 4 * j, 4);
 }
 
 /* row o's 256-value block sb of a Q4_K R16 (Q5_K R16) view back in Q4_K (Q5_K) form: 144 (176) bytes */
@@ -409,8 +402,6 @@ void moe_kern_dequant_wrow(const moe_wview *w, int64_t o, float *dst) {
                 q4kr_block(w, o, b, blk);
             else if (w->type == MOE_KTYPE_Q6_K_R16)
                 q6kr_block(w, o, b, blk);
-            else if (w->type == MOE_KTYPE_Q4_0_R16)
-                q4r_block(w, o, b, blk);
             else
                 q5r_block(w, o, b, blk);
             const int ft = w->type == MOE_KTYPE_Q4_K_R16   ? MOE_DTYPE_Q4_K
@@ -465,7 +456,8 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
             }
         return;
     }
-    const int q5r = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16, q5 = w->type == MOE_DTYPE_Q5_0 || q5r,
+    const int q5r = w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16 || w->type == MOE_KTYPE_Q4_0_R16,
+              q5 = w->type == MOE_DTYPE_Q5_0 || w->type == MOE_KTYPE_Q5_0_R16 || w->type == MOE_KTYPE_Q5_1_R16,
               q51 = w->type == MOE_DTYPE_Q5_1 || w->type == MOE_KTYPE_Q5_1_R16;
     const int q4 = w->type == MOE_DTYPE_Q4_0 || w->type == MOE_KTYPE_Q4_0_R16;
     const size_t bb = q4 ? 18 : q51 ? 24 : q5 ? 22 : 34;
@@ -483,9 +475,6 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                     wb = blk;
                 } else if (q5r) {
                     q5r_block(w, o, b, blk);
-                    wb = blk;
-                } else if (w->type == MOE_KTYPE_Q4_0_R16) {
-                    q4r_block(w, o, b, blk);
                     wb = blk;
                 }
                 int32_t d = q4                    ? idot_q4_0(wb, a + b)
