@@ -1121,61 +1121,12 @@ __attribute__((target("avx512f,avx512bw"), always_inline)) static inline void q6
     *sc1 = _mm512_srai_epi32(_mm512_slli_epi32(w1, 24 - 8 * (s1 % 4)), 24);
 }
 
-/* Q6_K R16 (kern.h): 16 rows in the lanes. Per activation block j = 4n + m of a 256-value block
- * and column c: the ql column masked or shifted (nibble) or-ed with the qh column's bits 2m, 2m+1
- * moved to bits 4-5: the 6-bit u of 16 rows for vpdpbusd. Two chains per token (the block's two
- * 16-value halves), started at −32·Σx of their half (hs); then the two int8 scales of 16 rows
- * (sign-extended from the scale words) times the halves, summed exactly, and the ref's fma into
- * running sum j. NT ≤ 2 tokens per pass, for up to 2 tokens (from KR_MANY_MIN on, q6kr_many).
- * Each block prefetches the next (53 lines). */
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
-    const int64_t nsb = nb / 8;
-    __m512 acc[2][8];
-    ksum_zero(acc, NT);
-    for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
-        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; j++) {
-            const int64_t b = sb * 8 + j;
-            __m512i i0[2], i1[2], u[8], sc0, sc1;
-            q6kr_cols(blk, j, u, &sc0, &sc1);
-#pragma GCC unroll 2
-            for (int k = 0; k < 2; k++)
-                if (k < NT) {
-                    i0[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2]);
-                    i1[k] = _mm512_set1_epi32(-hs[(k * nb + b) * 2 + 1]);
-                }
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; c++)
-#pragma GCC unroll 2
-                for (int k = 0; k < 2; k++)
-                    if (k < NT) {
-                        const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
-                        if (c < 4)
-                            i0[k] = _mm512_dpbusd_epi32(i0[k], u[c], xb);
-                        else
-                            i1[k] = _mm512_dpbusd_epi32(i1[k], u[c], xb);
-                    }
-#pragma GCC unroll 2
-            for (int k = 0; k < 2; k++)
-                if (k < NT) {
-                    const __m512i isum = _mm512_add_epi32(_mm512_mullo_epi32(sc0, i0[k]), _mm512_mullo_epi32(sc1, i1[k]));
-                    acc[k][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)), acc[k][j]);
-                }
-        }
-    }
-    ksum_store(acc, NT, y, ldy);
-}
-
-/* Q6_K R16 over many tokens (3 to Q4KR_TC per call), as q4kr_many does Q4_K: each activation
- * block's 16 columns of 6-bit values and two scale vectors are assembled once and run over all
- * the tokens, two at a time; hs holds 32·Σx of each half block for every token (hs[(t·nb + b)·2]). */
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a *xq, int64_t nb, int64_t b,
-         const int32_t *hs, float (*acc)[8][16], int j, int NT) {
+/* Activation block b of NT ≤ 2 tokens against the 16 rows' columns u: two chains per token
+ * (the block's 16-value halves) started at −32·Σx of their half (hs), times the int8 scales and
+ * summed exactly */
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
+q6kr_isum(const __m512i u[8], __m512i sc0, __m512i sc1, const moe_q8a *xq, int64_t nb, int64_t b, const int32_t *hs, int NT,
+          __m512i isum[2]) {
     __m512i i0[2], i1[2];
 #pragma GCC unroll 2
     for (int k = 0; k < 2; k++)
@@ -1196,10 +1147,53 @@ q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a 
             }
 #pragma GCC unroll 2
     for (int k = 0; k < 2; k++)
+        if (k < NT) isum[k] = _mm512_add_epi32(_mm512_mullo_epi32(sc0, i0[k]), _mm512_mullo_epi32(sc1, i1[k]));
+}
+
+/* Q6_K R16 (kern.h): 16 rows in the lanes. Per activation block j = 4n + m of a 256-value block
+ * and column c: the ql column masked or shifted (nibble) or-ed with the qh column's bits 2m, 2m+1
+ * moved to bits 4-5: the 6-bit u of 16 rows for vpdpbusd. Two chains per token (the block's two
+ * 16-value halves), started at −32·Σx of their half (hs); then the two int8 scales of 16 rows
+ * (sign-extended from the scale words) times the halves, summed exactly, and the ref's fma into
+ * running sum j. NT ≤ 2 tokens per pass, for up to 2 tokens (from KR_MANY_MIN on, q6kr_many).
+ * Each block prefetches the next (53 lines). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
+    const int64_t nsb = nb / 8;
+    __m512 acc[2][8];
+    ksum_zero(acc, NT);
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
+        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const int64_t b = sb * 8 + j;
+            __m512i u[8], sc0, sc1, isum[2];
+            q6kr_cols(blk, j, u, &sc0, &sc1);
+            q6kr_isum(u, sc0, sc1, xq, nb, b, hs, NT, isum);
+#pragma GCC unroll 2
+            for (int k = 0; k < 2; k++)
+                if (k < NT)
+                    acc[k][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)), acc[k][j]);
+        }
+    }
+    ksum_store(acc, NT, y, ldy);
+}
+
+/* Q6_K R16 over many tokens (3 to Q4KR_TC per call), as q4kr_many does Q4_K: each activation
+ * block's 16 columns of 6-bit values and two scale vectors are assembled once and run over all
+ * the tokens, two at a time; hs holds 32·Σx of each half block for every token (hs[(t·nb + b)·2]). */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a *xq, int64_t nb, int64_t b,
+         const int32_t *hs, float (*acc)[8][16], int j, int NT) {
+    __m512i isum[2];
+    q6kr_isum(u, sc0, sc1, xq, nb, b, hs, NT, isum);
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++)
         if (k < NT) {
-            const __m512i isum = _mm512_add_epi32(_mm512_mullo_epi32(sc0, i0[k]), _mm512_mullo_epi32(sc1, i1[k]));
             float *ap = acc[k][j];
-            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)),
+            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)),
                                                 _mm512_load_ps(ap)));
         }
 }
