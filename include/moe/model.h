@@ -66,6 +66,10 @@ typedef struct moe_ctx moe_ctx;
 /* Open a deepseek2 GGUF: validates keys (exact types, as llama.cpp), tensor set and shapes,
  * dtypes. On failure *out is NULL and err names the problem (key, tensor, expected shape). */
 moe_status moe_model_open(const char *path, moe_model **out, char *err, size_t errlen);
+/* Progress of the long part of every moe_model_open / moe_model_open_gguf in this process from
+ * now on: the weights' repacking (or copy into huge pages), done and total bytes; the last call
+ * has done == total. Called from one of the loading threads, about every 64 MB. NULL: none. */
+void moe_model_set_load_progress(moe_gguf_progress_fn fn, void *ud);
 /* The same over an already opened GGUF (borrowed; must outlive the model). */
 moe_status moe_model_open_gguf(const moe_gguf *g, moe_model **out, char *err, size_t errlen);
 void moe_model_close(moe_model *m);

@@ -415,6 +415,40 @@ static void check_copy(const char *label) {
     moe_kern_set_level(old);
 }
 
+/* the load progress hook: monotonic, ends at done == total, total = the repacked bytes */
+typedef struct {
+    int calls, monotonic;
+    uint64_t last, total;
+} load_seen;
+static void on_load(void *ud, uint64_t done, uint64_t total) {
+    load_seen *l = ud;
+    l->monotonic &= done >= l->last && (l->calls == 0 || total == l->total);
+    l->calls++;
+    l->last = done;
+    l->total = total;
+}
+
+static void check_load_progress(const char *label) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/%s.gguf", g_dir, label);
+    load_seen l = {0, 1, 0, 0};
+    moe_model_set_load_progress(on_load, &l);
+    moe_model *m = NULL;
+    CHECK(moe_model_open(path, &m, err, sizeof err) == MOE_OK, "%s: open: %s", label, err);
+    moe_model_set_load_progress(NULL, NULL);
+    if (!m) return;
+    if (m->n_packed > 0) {
+        CHECK(l.calls >= 1 && l.monotonic && l.last == l.total && l.total > 0 && l.total <= moe_model_weight_bytes(m),
+              "%s: load progress: %d calls, %llu of %llu bytes, monotonic %d", label, l.calls, (unsigned long long)l.last,
+              (unsigned long long)l.total, l.monotonic);
+        printf("%-10s load progress: %d call(s), ends at %llu of %llu bytes\n", label, l.calls, (unsigned long long)l.last,
+               (unsigned long long)l.total);
+    } else {
+        CHECK(l.calls == 0, "%s: progress without repacking (%d calls)", label, l.calls);
+    }
+    moe_model_close(m);
+}
+
 int main(void) {
     tu_tmpdir(g_dir, sizeof g_dir);
     moe_init_config base, c;
@@ -434,6 +468,7 @@ int main(void) {
     check_model("tiny-q6_k", &c);
     c.dtype = MOE_DTYPE_Q5_K;
     check_model("tiny-q5_k", &c);
+    check_load_progress("tiny-q8");
     check_copy("tiny-q8");
     check_copy("tiny-q4_k");
     c = base;
