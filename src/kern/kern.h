@@ -203,6 +203,11 @@ float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
  * isum = sc[8n+2m]·Σ_{l<16}(u−32)·x + sc[8n+2m+1]·Σ_{l≥16}(u−32)·x (exact in int32), then
  * acc[j] = fmaf(isum, d·dx, acc[j]) and the tree ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
 float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
+/* The refs' float part of one 256-value block given its integer dots (for forms that compute
+ * only those, e.g. NEON): Q4_K / Q5_K idot[j] per sub-block (the block's d, dmin and 6-bit scales
+ * read from blk), Q6_K isum[j] (the block's d); into the 8 running sums in the refs' order. */
+void moe_kern_qk_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t idot[8], float acc[8]);
+void moe_kern_q6k_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t isum[8], float acc[8]);
 /* Q5_K: Q4_K's order on 5-bit values (the nibble plus bit j of qh[l] worth 16; 176-byte blocks). */
 float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
 /* W8A8 on (default) unless MOE_INT8=0 in the environment; moe_kern_set_int8 overrides. */

@@ -1296,10 +1296,36 @@ static void quant_act_neon(const float *x, moe_q8a *y, int64_t n) {
     }
 }
 
+/* Σ of 16 or 32 int8 products (exact in int32: every product fits int16) */
+static inline int32_t dot16_neon(int8x16_t w, const int8_t *x) {
+    const int8x16_t v = vld1q_s8(x);
+    int32x4_t s = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(v)));
+    s = vpadalq_s16(s, vmull_s8(vget_high_s8(w), vget_high_s8(v)));
+    return vaddvq_s32(s);
+}
+static inline int32_t dot32_neon(int8x16_t w0, int8x16_t w1, const int8_t *x) {
+    const int8x16_t x0 = vld1q_s8(x), x1 = vld1q_s8(x + 16);
+    int32x4_t s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+    s = vpadalq_s16(s, vmull_s8(vget_high_s8(w0), vget_high_s8(x0)));
+    s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+    s = vpadalq_s16(s, vmull_s8(vget_high_s8(w1), vget_high_s8(x1)));
+    return vaddvq_s32(s);
+}
+
+/* bit j of the 32-bit qh word, for bytes j = 0..31, as 0x10 (the fifth bit of Q5_0 / Q5_1 values) */
+static inline void q5_high_neon(const uint8_t *qh, uint8x16_t *h0, uint8x16_t *h1) {
+    const uint8x8_t sel = {1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t m10 = vdupq_n_u8(0x10);
+    *h0 = vandq_u8(vcombine_u8(vtst_u8(vdup_n_u8(qh[0]), sel), vtst_u8(vdup_n_u8(qh[1]), sel)), m10);
+    *h1 = vandq_u8(vcombine_u8(vtst_u8(vdup_n_u8(qh[2]), sel), vtst_u8(vdup_n_u8(qh[3]), sel)), m10);
+}
+
+/* Q8_0, Q4_0, Q5_0 and Q5_1 in the file's layout: a row at a time, the block's integer dot in
+ * NEON and the ref's fmas (Q5_1: then the min's) */
 static void mmq_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
     const int64_t nb = w->in / 32;
-    const int q8 = w->type == MOE_DTYPE_Q8_0;
-    const size_t bb = q8 ? 34 : 18;
+    const int q8 = w->type == MOE_DTYPE_Q8_0, q51 = w->type == MOE_DTYPE_Q5_1, q5 = q51 || w->type == MOE_DTYPE_Q5_0;
+    const size_t bb = q8 ? 34 : q51 ? 24 : q5 ? 22 : 18;
     for (int64_t o = o0; o < o1; o++) {
         const uint8_t *row = w->data + (size_t)o * w->row_bytes;
         for (int64_t t = 0; t < T; t++) {
@@ -1312,21 +1338,105 @@ static void mmq_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y,
                     w0 = vld1q_s8((const int8_t *)wb + 2);
                     w1 = vld1q_s8((const int8_t *)wb + 18);
                 } else {
-                    uint8x16_t q = vld1q_u8(wb + 2);
-                    w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vdupq_n_s8(8));
-                    w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vdupq_n_s8(8));
+                    /* Q4_0: u − 8; Q5_0: (u | fifth bit) − 16; Q5_1: u | fifth bit */
+                    const uint8_t *qs = wb + bb - 16;
+                    const uint8x16_t q = vld1q_u8(qs);
+                    uint8x16_t u0 = vandq_u8(q, vdupq_n_u8(0x0F)), u1 = vshrq_n_u8(q, 4);
+                    if (q5) {
+                        uint8x16_t h0, h1;
+                        q5_high_neon(wb + (q51 ? 4 : 2), &h0, &h1);
+                        u0 = vorrq_u8(u0, h0);
+                        u1 = vorrq_u8(u1, h1);
+                    }
+                    const int8x16_t bias = vdupq_n_s8(q51 ? 0 : q5 ? 16 : 8);
+                    w0 = vsubq_s8(vreinterpretq_s8_u8(u0), bias);
+                    w1 = vsubq_s8(vreinterpretq_s8_u8(u1), bias);
                 }
-                int8x16_t x0 = vld1q_s8(a[b].q), x1 = vld1q_s8(a[b].q + 16);
-                int32x4_t s = vdupq_n_s32(0);
-                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
-                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w0), vget_high_s8(x0)));
-                s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
-                s = vpadalq_s16(s, vmull_s8(vget_high_s8(w1), vget_high_s8(x1)));
                 uint16_t h;
                 memcpy(&h, wb, 2);
-                acc = fmaf((float)vaddvq_s32(s), moe_f16_to_f32(h) * a[b].d, acc);
+                acc = fmaf((float)dot32_neon(w0, w1, a[b].q), moe_f16_to_f32(h) * a[b].d, acc);
+                if (q51) {
+                    memcpy(&h, wb + 2, 2);
+                    acc = fmaf((float)a[b].s, moe_f16_to_f32(h) * a[b].d, acc);
+                }
             }
             y[t * ldy + o] = acc;
+        }
+    }
+}
+
+/* the K-quant refs' tree over the 8 running sums */
+static inline float ksum_tree_neon(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* Q4_K and Q5_K: a row at a time; per block the 8 sub-blocks' integer dots in NEON, then the
+ * ref's float part (moe_kern_qk_block_fma) */
+static void qk_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int five = w->type == MOE_DTYPE_Q5_K;
+    const int64_t nb = w->in / 32, nsb = nb / 8;
+    const size_t bs = five ? 176 : 144;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), one = vdupq_n_u8(1);
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *row = w->data + (size_t)o * w->row_bytes;
+        for (int64_t t = 0; t < T; t++) {
+            const moe_q8a *a = xq + t * nb;
+            float acc[8] = {0};
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const uint8_t *blk = row + (size_t)sb * bs, *qs = blk + (five ? 48 : 16);
+                const uint8x16_t h0 = five ? vld1q_u8(blk + 16) : m4, h1 = five ? vld1q_u8(blk + 32) : m4;
+                int32_t idot[8];
+                for (int p = 0; p < 4; p++) {
+                    const uint8x16_t q0 = vld1q_u8(qs + 32 * p), q1 = vld1q_u8(qs + 32 * p + 16);
+                    uint8x16_t l0 = vandq_u8(q0, m4), l1 = vandq_u8(q1, m4), g0 = vshrq_n_u8(q0, 4), g1 = vshrq_n_u8(q1, 4);
+                    if (five) { /* bit 2p (2p + 1) of qh[l] is value l's fifth bit in sub-block 2p (2p + 1) */
+                        const int8x16_t sl = vdupq_n_s8((int8_t)(-2 * p)), sh = vdupq_n_s8((int8_t)(-2 * p - 1));
+                        l0 = vorrq_u8(l0, vshlq_n_u8(vandq_u8(vshlq_u8(h0, sl), one), 4));
+                        l1 = vorrq_u8(l1, vshlq_n_u8(vandq_u8(vshlq_u8(h1, sl), one), 4));
+                        g0 = vorrq_u8(g0, vshlq_n_u8(vandq_u8(vshlq_u8(h0, sh), one), 4));
+                        g1 = vorrq_u8(g1, vshlq_n_u8(vandq_u8(vshlq_u8(h1, sh), one), 4));
+                    }
+                    idot[2 * p] = dot32_neon(vreinterpretq_s8_u8(l0), vreinterpretq_s8_u8(l1), a[sb * 8 + 2 * p].q);
+                    idot[2 * p + 1] = dot32_neon(vreinterpretq_s8_u8(g0), vreinterpretq_s8_u8(g1), a[sb * 8 + 2 * p + 1].q);
+                }
+                moe_kern_qk_block_fma(blk, a + sb * 8, idot, acc);
+            }
+            y[t * ldy + o] = ksum_tree_neon(acc);
+        }
+    }
+}
+
+/* Q6_K: a row at a time; per activation block the two 16-value halves' dots in NEON, times the
+ * int8 scales, then the ref's float part (moe_kern_q6k_block_fma) */
+static void q6k_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
+    const int64_t nb = w->in / 32, nsb = nb / 8;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
+    const int8x16_t k32 = vdupq_n_s8(32);
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *row = w->data + (size_t)o * w->row_bytes;
+        for (int64_t t = 0; t < T; t++) {
+            const moe_q8a *a = xq + t * nb;
+            float acc[8] = {0};
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const uint8_t *blk = row + (size_t)sb * 210, *ql = blk, *qh = blk + 128;
+                const int8_t *sc = (const int8_t *)(blk + 192);
+                int32_t is[8];
+                for (int j = 0; j < 8; j++) {
+                    const int n = j / 4, m = j % 4;
+                    int32_t half[2];
+                    for (int hf = 0; hf < 2; hf++) {
+                        const uint8x16_t l = vld1q_u8(ql + 64 * n + 32 * (m & 1) + 16 * hf);
+                        const uint8x16_t hb = vld1q_u8(qh + 32 * n + 16 * hf);
+                        const uint8x16_t nib = (m >> 1) ? vshrq_n_u8(l, 4) : vandq_u8(l, m4);
+                        const uint8x16_t hi = vandq_u8(vshlq_u8(hb, vdupq_n_s8((int8_t)(-2 * m))), m3);
+                        const int8x16_t u = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(nib, vshlq_n_u8(hi, 4))), k32);
+                        half[hf] = dot16_neon(u, a[sb * 8 + j].q + 16 * hf);
+                    }
+                    is[j] = sc[8 * n + 2 * m] * half[0] + sc[8 * n + 2 * m + 1] * half[1];
+                }
+                moe_kern_q6k_block_fma(blk, a + sb * 8, is, acc);
+            }
+            y[t * ldy + o] = ksum_tree_neon(acc);
         }
     }
 }
@@ -1351,7 +1461,8 @@ void moe_kern_quant_act(const float *x, moe_q8a *y, int64_t n) {
 typedef void (*mmq_fn)(const moe_wview *, const moe_q8a *, int64_t, float *, int64_t, int64_t, int64_t);
 
 /* The SIMD form for a weight type at a level, or NULL for the ref. The R16 layouts exist only
- * where VNNI runs (other levels read them through the ref); NEON covers Q8_0 and Q4_0. */
+ * where VNNI runs (other levels read them through the ref); NEON covers Q8_0, Q4_0, Q5_0, Q5_1
+ * and the K-quants in the file's layout. */
 static mmq_fn mmq_form(int type, int level) {
 #ifdef MOE_X86
     if (level == 2)
@@ -1378,7 +1489,11 @@ static mmq_fn mmq_form(int type, int level) {
                                                                               : mmq_avx2;
 #endif
 #if defined(__aarch64__)
-    if (level == 3 && (type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0)) return mmq_neon;
+    if (level == 3)
+        return type == MOE_DTYPE_Q8_0 || type == MOE_DTYPE_Q4_0 || type == MOE_DTYPE_Q5_0 || type == MOE_DTYPE_Q5_1 ? mmq_neon
+               : type == MOE_DTYPE_Q4_K || type == MOE_DTYPE_Q5_K                                                  ? qk_neon
+               : type == MOE_DTYPE_Q6_K                                                                            ? q6k_neon
+                                                                                                                   : NULL;
 #endif
     (void)type;
     (void)level;

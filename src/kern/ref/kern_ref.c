@@ -152,21 +152,30 @@ int moe_kern_mmq_supported(int type) {
  *   acc[j] = fmaf(idot, (d·sc)·dx, acc[j]); acc[j] = fmaf(Σq, −((dmin·m)·dx), acc[j])
  * one running sum per sub-block position j, then ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
 /* one 256-value block of Q4_K (five = 0) or Q5_K (five = 1: the nibble plus bit j of qh[l] as 16) */
-static void qk_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8], int five) {
-    const uint8_t *sc = blk + 4, *qh = blk + 16;
+void moe_kern_qk_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t idot[8], float acc[8]) {
+    const uint8_t *sc = blk + 4;
     const float d = f16(blk), dmin = f16(blk + 2);
     for (int j = 0; j < 8; j++) {
         int scj, mj;
         moe_kscale(j, sc, &scj, &mj);
+        const moe_q8a *x = a + j;
+        const float d1 = d * (float)scj, m1 = dmin * (float)mj;
+        acc[j] = fmaf((float)idot[j], d1 * x->d, acc[j]);
+        acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
+    }
+}
+
+static void qk_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8], int five) {
+    const uint8_t *qh = blk + 16;
+    int32_t idot[8];
+    for (int j = 0; j < 8; j++) {
         const uint8_t *q = blk + (five ? 48 : 16) + 32 * (j / 2);
         const int sh = 4 * (j & 1);
         const moe_q8a *x = a + j;
-        int32_t idot = 0;
-        for (int l = 0; l < 32; l++) idot += (((q[l] >> sh) & 15) | (five ? ((qh[l] >> j) & 1) << 4 : 0)) * x->q[l];
-        const float d1 = d * (float)scj, m1 = dmin * (float)mj;
-        acc[j] = fmaf((float)idot, d1 * x->d, acc[j]);
-        acc[j] = fmaf((float)x->s, -(m1 * x->d), acc[j]);
+        idot[j] = 0;
+        for (int l = 0; l < 32; l++) idot[j] += (((q[l] >> sh) & 15) | (five ? ((qh[l] >> j) & 1) << 4 : 0)) * x->q[l];
     }
+    moe_kern_qk_block_fma(blk, a, idot, acc);
 }
 
 static float ksum_tree(const float acc[8]) {
@@ -186,10 +195,15 @@ float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
 }
 
 /* Q6_K row · activation blocks (kern.h): one 256-value block into the 8 running sums */
+void moe_kern_q6k_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t isum[8], float acc[8]) {
+    const float d = f16(blk + 208);
+    for (int j = 0; j < 8; j++) acc[j] = fmaf((float)isum[j], d * a[j].d, acc[j]);
+}
+
 static void q6k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *sc = (const int8_t *)(blk + 192);
-    const float d = f16(blk + 208);
+    int32_t is[8];
     for (int j = 0; j < 8; j++) {
         const int n = j / 4, m = j % 4;
         const moe_q8a *x = a + j;
@@ -201,9 +215,9 @@ static void q6k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
             else
                 i1 += (u - 32) * x->q[l];
         }
-        const int32_t isum = sc[8 * n + 2 * m] * i0 + sc[8 * n + 2 * m + 1] * i1;
-        acc[j] = fmaf((float)isum, d * x->d, acc[j]);
+        is[j] = sc[8 * n + 2 * m] * i0 + sc[8 * n + 2 * m + 1] * i1;
     }
+    moe_kern_q6k_block_fma(blk, a, is, acc);
 }
 
 float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
