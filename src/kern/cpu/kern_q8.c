@@ -763,9 +763,10 @@ __attribute__((target("avx512f"), always_inline)) static inline void ksum_store(
 
 /* A Q4_K / Q5_K R16 block's head: the 16 rows' d and dmin as floats, and their 6-bit scales and
  * mins unpacked with moe_kscale8's arithmetic lane-wise (byte j of sc[j / 4] / mn[j / 4] is
- * sub-block j's scale / min) */
+ * sub-block j's scale / min); the next block (bs bytes on) is prefetched */
 __attribute__((target("avx2,f16c,avx512f,avx512bw"), always_inline)) static inline void
-qkr_head(const uint8_t *blk, __m512 *dv, __m512 *mv, __m512i sc[2], __m512i mn[2]) {
+qkr_head(const uint8_t *blk, size_t bs, __m512 *dv, __m512 *mv, __m512i sc[2], __m512i mn[2]) {
+    for (size_t c = 0; c < bs / 64; c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
     const __m512i k3f = _mm512_set1_epi32(0x3f3f3f3f), k0f = _mm512_set1_epi32(0x0f0f0f0f), k30 = _mm512_set1_epi32(0x30303030);
     *dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
     *mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
@@ -805,10 +806,9 @@ q4kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
     ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = g + (size_t)sb * bs;
-        for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
         __m512 dv, mv;
         __m512i sc[2], mn[2];
-        qkr_head(blk, &dv, &mv, sc, mn);
+        qkr_head(blk, bs, &dv, &mv, sc, mn);
         const moe_q8a *xb = xq + sb * 8;
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
@@ -931,10 +931,9 @@ q4kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, 
     ksum_zero_many(acc, T);
     for (int64_t sb = 0; sb < nsb; sb++) {
         const uint8_t *blk = g + (size_t)sb * bs;
-        for (int c = 0; c < (FIVE ? 44 : 36); c++) _mm_prefetch((const char *)blk + bs + 64 * c, _MM_HINT_T0);
         __m512 dv, mv;
         __m512i sc[2], mn[2];
-        qkr_head(blk, &dv, &mv, sc, mn);
+        qkr_head(blk, bs, &dv, &mv, sc, mn);
         const moe_q8a *xb = xq + sb * 8;
         for (int p = 0; p < 4; p++) {
             __m512i lo[8], hi[8];
