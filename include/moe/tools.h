@@ -49,7 +49,7 @@ typedef struct moe_quant_report {
 typedef void (*moe_quant_report_fn)(void *ud, const moe_quant_report *r);
 
 typedef struct moe_quantize_params {
-    int type;            /* MOE_DTYPE_Q8_0, Q4_0, Q4_K or Q6_K (also F16, BF16, F32) */
+    int type;            /* MOE_DTYPE_Q8_0, Q4_0, Q4_K, Q5_K or Q6_K (also F16, BF16, F32) */
     int n_threads;       /* 0 = number of CPUs */
     moe_tools_progress_fn progress;
     moe_quant_report_fn report;
@@ -59,7 +59,7 @@ typedef struct moe_quantize_params {
 moe_quantize_params moe_quantize_default_params(void);
 /* Type a tensor gets when quantizing to `type` (llama.cpp rules): 1-D tensors, norms,
  * ffn_gate_inp and exp_probs_b keep their type (F32); rows that are not a multiple of the block
- * fall back (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16 when ne[0] % 32 != 0; Q4_0/Q8_0 -> F16). */
+ * fall back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when ne[0] % 32 != 0; Q4_0/Q8_0 -> F16). */
 int moe_quantize_tensor_type(const char *name, int n_dims, const int64_t *ne, int type_in, int type);
 /* Quantize every tensor of in_path into out_path (all keys copied, general.file_type updated). */
 moe_status moe_quantize(const char *in_path, const char *out_path, const moe_quantize_params *p, char *err,

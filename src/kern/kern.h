@@ -208,6 +208,8 @@ float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
  * read from blk), Q6_K isum[j] (the block's d); into the 8 running sums in the refs' order. */
 void moe_kern_qk_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t idot[8], float acc[8]);
 void moe_kern_q6k_block_fma(const uint8_t *blk, const moe_q8a *a, const int32_t isum[8], float acc[8]);
+/* The refs' final tree over the 8 running sums: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
+float moe_kern_ksum_tree(const float acc[8]);
 /* Q5_K: Q4_K's order on 5-bit values (the nibble plus bit j of qh[l] worth 16; 176-byte blocks). */
 float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb);
 /* W8A8 on (default) unless MOE_INT8=0 in the environment; moe_kern_set_int8 overrides. */

@@ -459,10 +459,9 @@ static moe_status bind_tensors(loader *l) {
     return MOE_OK;
 }
 
-/* ---- R16 repacking (kern.h): Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K product weights into the VNNI kernels
- * layouts ----
- * Every product view (not the embedding table, which is read by rows) that points into a Q8_0,
- * Q5_0, Q4_K or Q6_K tensor is collected; a tensor is repacked when all its views start on a 16-row boundary, have
+/* ---- R16 repacking (kern.h): the quantized product weights into the VNNI kernels' layouts ----
+ * Every product view (not the embedding table, which is read by rows) that points into a tensor
+ * of a type in k_r16 is collected; a tensor is repacked when all its views start on a 16-row boundary, have
  * a multiple of 16 rows and slice it at a multiple of 16 rows, and the tensor's rows are a
  * multiple of 16. The copy sits at the same byte offsets as in the file, so a view moves by
  * (its offset in the tensor) unchanged. Source pages of a file-backed model are released. */
@@ -510,28 +509,21 @@ static const r16_kind k_r16[] = {
     {MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16},
     {MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16},
 };
-/* Without VNNI (the AVX2 forms read the file's layout): the same copy into huge pages, layout
- * unchanged. From the file's 4 KB pages the AVX2 kernel read the routed experts at ~20 % of the
- * probe (page-cache faults on each expert's first use and a TLB miss per 4 KB of weights) while
- * the head, read every token, ran at ~60 %. */
+static const r16_kind *r16_form(int type) {
+    for (size_t i = 0; i < sizeof k_r16 / sizeof k_r16[0]; i++)
+        if (k_r16[i].type == type) return &k_r16[i];
+    return NULL;
+}
+
+/* Without VNNI (the AVX2 forms read the file's layout) the same types are copied into huge
+ * pages, layout unchanged: from the file's 4 KB pages the AVX2 kernel read the routed experts at
+ * ~20 % of the probe (page-cache faults on each expert's first use and a TLB miss per 4 KB of
+ * weights) while the head, read every token, ran at ~60 %. */
 static void copy_groups(const uint8_t *src, size_t src_row_bytes, int64_t in, int64_t g0, int64_t g1, uint8_t *dst) {
     (void)in;
     memcpy(dst + (size_t)g0 * 16 * src_row_bytes, src + (size_t)g0 * 16 * src_row_bytes, (size_t)(g1 - g0) * 16 * src_row_bytes);
 }
-static const r16_kind k_copy[] = {
-    {MOE_DTYPE_Q8_0, MOE_DTYPE_Q8_0, copy_groups}, {MOE_DTYPE_Q5_0, MOE_DTYPE_Q5_0, copy_groups},
-    {MOE_DTYPE_Q4_0, MOE_DTYPE_Q4_0, copy_groups}, {MOE_DTYPE_Q5_1, MOE_DTYPE_Q5_1, copy_groups},
-    {MOE_DTYPE_Q4_K, MOE_DTYPE_Q4_K, copy_groups}, {MOE_DTYPE_Q5_K, MOE_DTYPE_Q5_K, copy_groups},
-    {MOE_DTYPE_Q6_K, MOE_DTYPE_Q6_K, copy_groups},
-};
-static const r16_kind *r16_form(int type) {
-    const int vnni = moe_kern_level() == 2;
-    const r16_kind *k = vnni ? k_r16 : k_copy;
-    const size_t n = vnni ? sizeof k_r16 / sizeof k_r16[0] : sizeof k_copy / sizeof k_copy[0];
-    for (size_t i = 0; i < n; i++)
-        if (k[i].type == type) return &k[i];
-    return NULL;
-}
+static int repack_vnni(void) { return moe_kern_level() == 2; }
 
 static void rp_worker(void *arg, int ith, int nth) {
     rp_job *j = arg;
@@ -543,9 +535,11 @@ static void rp_worker(void *arg, int ith, int nth) {
         if (j->ts[k].ok && a < b) {
             /* in steps of ~8 MB so that thread 0 can report progress */
             const int64_t step = (int64_t)((8u << 20) / (16 * rb)) + 1;
+            void (*fn)(const uint8_t *, size_t, int64_t, int64_t, int64_t, uint8_t *) =
+                repack_vnni() ? r16_form(t->type)->repack : copy_groups;
             for (int64_t c = a; c < b; c += step) {
                 const int64_t ce = c + step < b ? c + step : b;
-                r16_form(t->type)->repack(t->data, rb, t->ne[0], c, ce, j->dst + j->ts[k].off);
+                fn(t->data, rb, t->ne[0], c, ce, j->dst + j->ts[k].off);
                 const uint64_t d = atomic_fetch_add(&j->done, (uint64_t)(ce - c) * 16 * rb) + (uint64_t)(ce - c) * 16 * rb;
                 if (ith == 0 && g_load_progress && d >= j->next_report && d < j->total_bytes) {
                     g_load_progress(g_load_ud, d, j->total_bytes);
@@ -588,7 +582,7 @@ static moe_status repack(moe_model *m, int release_src) {
         for (size_t k = 0; k < sizeof sl / sizeof sl[0]; k++) v[nv++] = (rp_view){&sl[k]->w, sl[k]->stride};
     }
     v[nv++] = (rp_view){&m->output, 0};
-    /* the tensor of every Q8_0 / Q5_0 / Q4_K / Q6_K view, and whether all its views allow R16 */
+    /* the tensor of every view of a k_r16 type, and whether all its views allow R16 */
     int64_t n_tensors = moe_gguf_n_tensors(m->g);
     for (size_t i = 0; i < nv; i++) {
         moe_wview *w = v[i].w;
@@ -617,10 +611,12 @@ static moe_status repack(moe_model *m, int release_src) {
     /* the embedding table keeps reading the file's rows: a tied head gets its own copy */
     size_t total = 0;
     int64_t groups = 0;
+    uint64_t bytes = 0; /* the tensors' bytes, without the alignment padding */
     for (size_t k = 0; k < nt; k++) {
         if (!ts[k].ok) continue;
         ts[k].off = total;
         total += (ts[k].t->nbytes + 63) & ~(size_t)63;
+        bytes += ts[k].t->nbytes;
         groups += (int64_t)(ts[k].t->nbytes / (16 * moe_dtype_row_bytes(ts[k].t->type, ts[k].t->ne[0])));
     }
     moe_status st = MOE_OK;
@@ -635,10 +631,7 @@ static moe_status repack(moe_model *m, int release_src) {
 #endif
         moe_pool *pool = moe_pool_init(0);
         const uint8_t *e0 = m->tok_embd.data, *e1 = e0 ? e0 + m->tok_embd.row_bytes * (size_t)hp->n_vocab : e0;
-        rp_job j = {ts, (int)nt, p, groups, release_src, e0, e1, 0, 0, 0};
-        for (size_t k = 0; k < nt; k++)
-            if (ts[k].ok) j.total_bytes += ts[k].t->nbytes / (16 * moe_dtype_row_bytes(ts[k].t->type, ts[k].t->ne[0])) * 16 *
-                                           moe_dtype_row_bytes(ts[k].t->type, ts[k].t->ne[0]);
+        rp_job j = {ts, (int)nt, p, groups, release_src, e0, e1, 0, bytes, 0};
         if (pool) {
             moe_pool_run(pool, rp_worker, &j);
             moe_pool_free(pool);
@@ -657,7 +650,7 @@ static moe_status repack(moe_model *m, int release_src) {
                 const uint8_t *b = ts[k].t->data;
                 if (ts[k].ok && v[i].w->data >= b && v[i].w->data < b + ts[k].t->nbytes) {
                     v[i].w->data = m->packed + ts[k].off + (size_t)(v[i].w->data - b);
-                    v[i].w->type = r16_form(ts[k].t->type)->ktype;
+                    if (repack_vnni()) v[i].w->type = r16_form(ts[k].t->type)->ktype;
                     break;
                 }
             }

@@ -73,6 +73,19 @@ static void check_zeros(int type) {
     CHECK(nz == 0, "%s of zeros dequantizes to %d non-zeros", moe_dtype_name(type), nz);
 }
 
+/* A ramp through every code of each `period`-value sub-block ((k − off) / div, k < period, scaled
+ * by 1 + the sub-block's index), quantized and back: the largest error relative to that scale */
+static double ramp_max_err(int type, int period, int off, float div) {
+    float r[256], y[256];
+    uint8_t q[256];
+    for (int i = 0; i < 256; i++) r[i] = (float)(i % period - off) / div * (1.0f + (float)(i / period));
+    moe_dtype_quant_row(type, r, q, 256);
+    moe_dtype_dequant_row(type, q, y, 256);
+    double me = 0;
+    for (int i = 0; i < 256; i++) me = fmax(me, fabs(y[i] - r[i]) / (1.0 + (double)(i / period)));
+    return me;
+}
+
 int main(void) {
     /* ---- row quantizers ---- */
     enum { N = 4096 };
@@ -95,15 +108,10 @@ int main(void) {
     printf("relative RMS error: q6_k %.4f\n", e6k);
     CHECK(e6k < e4k && e6k < e50 && e6k < 0.03 && e6k > e8 / 4, "q6_k error %.4f (q4_k %.4f, q8_0 %.4f)", e6k, e4k, e8);
     {
-        float y6[256], r6[256];
         uint8_t q6[210];
         check_zeros(MOE_DTYPE_Q6_K);
         /* every 6-bit code reachable: a ramp over [-1, 1) in each 16-value sub-block */
-        for (int i = 0; i < 256; i++) r6[i] = (float)(i % 16 - 8) / 8.0f * (1.0f + (float)(i / 16));
-        moe_dtype_quant_row(MOE_DTYPE_Q6_K, r6, q6, 256);
-        moe_dtype_dequant_row(MOE_DTYPE_Q6_K, q6, y6, 256);
-        double me6 = 0;
-        for (int i = 0; i < 256; i++) me6 = fmax(me6, fabs(y6[i] - r6[i]) / (1.0 + (double)(i / 16)));
+        const double me6 = ramp_max_err(MOE_DTYPE_Q6_K, 16, 8, 8.0f);
         CHECK(me6 < 0.04, "q6_k ramp max error %.4f of the sub-block's range", me6);
         CHECK(moe_dtype_quant_row(MOE_DTYPE_Q6_K, x, q6, 100) == MOE_ERR_INVAL, "q6_k needs whole blocks");
     }
@@ -125,13 +133,8 @@ int main(void) {
     {
         check_zeros(MOE_DTYPE_Q5_K);
         /* a ramp per 32-value sub-block uses all 32 codes: the fifth bits must come back */
-        float r5[256], y5[256];
         uint8_t q5[176];
-        for (int i = 0; i < 256; i++) r5[i] = (float)(i % 32) / 31.0f * (1.0f + (float)(i / 32));
-        moe_dtype_quant_row(MOE_DTYPE_Q5_K, r5, q5, 256);
-        moe_dtype_dequant_row(MOE_DTYPE_Q5_K, q5, y5, 256);
-        double me5 = 0;
-        for (int i = 0; i < 256; i++) me5 = fmax(me5, fabs(y5[i] - r5[i]) / (1.0 + (double)(i / 32)));
+        const double me5 = ramp_max_err(MOE_DTYPE_Q5_K, 32, 0, 31.0f);
         CHECK(me5 < 0.03, "q5_k ramp max error %.4f of the sub-block's range", me5);
         CHECK(moe_dtype_quant_row(MOE_DTYPE_Q5_K, x, q5, 100) == MOE_ERR_INVAL, "q5_k needs whole blocks");
     }

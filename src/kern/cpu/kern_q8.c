@@ -86,9 +86,7 @@ __attribute__((target("avx2,f16c"))) static inline __m256 scales8(const uint8_t 
                                           ld16(r[4] + off), ld16(r[5] + off), ld16(r[6] + off), ld16(r[7] + off)));
 }
 
-#ifndef MOE_X_PD
-#define MOE_X_PD 2048
-#endif
+#define AVX2_PF_AHEAD 2048 /* bytes ahead on each row stream: 2-4 KB read 35-39 GB/s, 0.5-1 KB ~30 */
 #define TT 4 /* tokens per pass over an 8-row group (accumulators kept in registers) */
 
 /* the unsigned values of a Q4_0 (0..15) or Q5_0 (0..31) block */
@@ -115,9 +113,9 @@ mmq_avx2_body(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_
             for (int k = 0; k < TT; k++) acc[k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
                 const size_t off = (size_t)b * bb;
-                if (!(b & 1) && t0 == 0) /* 8 streams: each row ~1 KB ahead, a line per two blocks */
+                if (!(b & 1) && t0 == 0) /* 8 streams: each row ~2 KB ahead, a line per two blocks */
 #pragma GCC unroll 8
-                    for (int i = 0; i < 8; i++) _mm_prefetch((const char *)r[i] + off + MOE_X_PD, _MM_HINT_T0);
+                    for (int i = 0; i < 8; i++) _mm_prefetch((const char *)r[i] + off + AVX2_PF_AHEAD, _MM_HINT_T0);
                 const __m256 dw = scales8(r, off);
                 __m256i wq[8];
 #pragma GCC unroll 8
@@ -985,15 +983,14 @@ qkr_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     }
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q4kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    qkr_rows(w, xq, T, y, ldy, o0, o1, 0);
-}
-
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q5kr_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    qkr_rows(w, xq, T, y, ldy, o0, o1, 1);
-}
+/* one mmq form per layout of a family: FAMILY_rows with the layout's compile-time kind */
+#define R16_FORM(NAME, ROWS, KIND)                                                                                     \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void NAME(                   \
+        const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {             \
+        ROWS(w, xq, T, y, ldy, o0, o1, KIND);                                                                          \
+    }
+R16_FORM(q4kr_vnni, qkr_rows, 0)
+R16_FORM(q5kr_vnni, qkr_rows, 1)
 
 /* Q5_0 R16 (kern.h): 16 rows in the lanes. Per 32-value block and column c: the nibbles masked
  * and shifted, the high bits of the permuted qh shifted to bit 4 of each byte (left by 4 − c for
@@ -1081,20 +1078,9 @@ q5r_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy
     }
 }
 
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q5r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    q5r_rows(w, xq, T, y, ldy, o0, o1, 0);
-}
-
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q51r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    q5r_rows(w, xq, T, y, ldy, o0, o1, 1);
-}
-
-__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
-q4r_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
-    q5r_rows(w, xq, T, y, ldy, o0, o1, 2);
-}
+R16_FORM(q5r_vnni, q5r_rows, 0)
+R16_FORM(q51r_vnni, q5r_rows, 1)
+R16_FORM(q4r_vnni, q5r_rows, 2)
 
 /* Q6_K R16 block blk's activation block j = 4n + m: the 16 rows' 6-bit values of its 8 columns
  * (ql nibble or-ed with the qh bits 2m, 2m+1 moved to bits 4-5) and its two int8 scale vectors
@@ -1364,11 +1350,6 @@ static void mmq_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y,
     }
 }
 
-/* the K-quant refs' tree over the 8 running sums */
-static inline float ksum_tree_neon(const float a[8]) {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 /* Q4_K and Q5_K: a row at a time; per block the 8 sub-blocks' integer dots in NEON, then the
  * ref's float part (moe_kern_qk_block_fma) */
 static void qk_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -1400,7 +1381,7 @@ static void qk_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, 
                 }
                 moe_kern_qk_block_fma(blk, a + sb * 8, idot, acc);
             }
-            y[t * ldy + o] = ksum_tree_neon(acc);
+            y[t * ldy + o] = moe_kern_ksum_tree(acc);
         }
     }
 }
@@ -1435,7 +1416,7 @@ static void q6k_neon(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y,
                 }
                 moe_kern_q6k_block_fma(blk, a + sb * 8, is, acc);
             }
-            y[t * ldy + o] = ksum_tree_neon(acc);
+            y[t * ldy + o] = moe_kern_ksum_tree(acc);
         }
     }
 }

@@ -178,20 +178,20 @@ static void qk_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8], int
     moe_kern_qk_block_fma(blk, a, idot, acc);
 }
 
-static float ksum_tree(const float acc[8]) {
+float moe_kern_ksum_tree(const float acc[8]) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
 float moe_kern_q4k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
     for (int64_t sb = 0; sb < nsb; sb++) qk_block_acc(row + (size_t)sb * 144, a + sb * 8, acc, 0);
-    return ksum_tree(acc);
+    return moe_kern_ksum_tree(acc);
 }
 
 float moe_kern_q5k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
     for (int64_t sb = 0; sb < nsb; sb++) qk_block_acc(row + (size_t)sb * 176, a + sb * 8, acc, 1);
-    return ksum_tree(acc);
+    return moe_kern_ksum_tree(acc);
 }
 
 /* Q6_K row · activation blocks (kern.h): one 256-value block into the 8 running sums */
@@ -223,7 +223,7 @@ static void q6k_block_acc(const uint8_t *blk, const moe_q8a *a, float acc[8]) {
 float moe_kern_q6k_dot_ref(const uint8_t *row, const moe_q8a *a, int64_t nsb) {
     float acc[8] = {0};
     for (int64_t sb = 0; sb < nsb; sb++) q6k_block_acc(row + (size_t)sb * 210, a + sb * 8, acc);
-    return ksum_tree(acc);
+    return moe_kern_ksum_tree(acc);
 }
 
 /* ---- the R16 layout (kern.h) ---- */
@@ -466,7 +466,7 @@ void moe_kern_mmq_rows_ref(const moe_wview *w, const moe_q8a *xq, int64_t T, flo
                         qk_block_acc(blk, xq + t * nb + sb * 8, acc, five);
                     }
                 }
-                y[t * ldy + o] = ksum_tree(acc);
+                y[t * ldy + o] = moe_kern_ksum_tree(acc);
             }
         return;
     }
