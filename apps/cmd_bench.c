@@ -19,7 +19,14 @@
  * and head left out) × pp ÷ the peak measured in the same run by moe_kern_int8_peak (a loop of
  * independent vpdpbusd zmm — or vpmaddubsw ymm without VNNI — on every thread), and also ÷
  * 128 ops per cycle per core (one 512-bit vpdpbusd per cycle) at the clock measured in the same
- * run (moe_kern_clock_hz): cores with two VNNI pipes (AMD Zen 5) measure 256. */
+ * run (moe_kern_clock_hz): cores with two VNNI pipes (AMD Zen 5) measure 256.
+ *
+ * The ceiling (--ceiling): the product sets of n_g more decode steps are traced (moe_kern_set_trace:
+ * each set's weight ranges, in order) and read back with no arithmetic (moe_membw_replay: each
+ * set one pool job, the probe's read loop, the best of 1, 2, 4 and 8 streams per thread), between
+ * probes, r times. That is how fast this machine reads exactly what the steps read, in their
+ * order and in their pieces: the steps' tokens/s can approach it but not pass it, so tg as a
+ * share of it says how much of the gap to the roofline is the engine's and how much the reads'. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,7 +52,10 @@ static void usage(FILE *f) {
             "  --profile  also time every phase of the decode steps (attention in/core/out, experts, head,\n"
             "          ...): ms per step, share of the step, GB/s of weights read and %% of the probed\n"
             "          bandwidth; with --json as \"profile\" (and per batch) lists; the prefill's as\n"
-            "          \"pp_profile\" (per prompt: there the products are compute-bound)\n\n"
+            "          \"pp_profile\" (per prompt: there the products are compute-bound)\n"
+            "  --ceiling  also replay the decode steps' weight reads with no arithmetic (same sets, same\n"
+            "          order, the probe's read loop): the fastest these steps can run on this machine;\n"
+            "          --json: ceiling_tg, ceiling_read_pct (%% of the probe), tg_of_ceiling_pct (per batch too)\n\n"
             "The bandwidth probe runs next to every timed decode run; roofline_pct is the median of each\n"
             "run's tokens/s against its own bandwidth.\n");
 }
@@ -109,15 +119,69 @@ static void prof_print(const prof_sum *ps, const char *title, double bw, int jso
     if (json) printf("]");
 }
 
+/* the ceiling of traced steps (see the top): tokens/s, read rate as % of the probe, bytes per step */
+typedef struct {
+    double tg, read_pct, bytes_step;
+} ceil_res;
+
+#define TRACE_SPANS (1 << 20)
+#define TRACE_SETS (1 << 17)
+
+static moe_kern_trace *trace_new(void) {
+    moe_kern_trace *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->span = malloc(sizeof *t->span * TRACE_SPANS);
+    t->set_end = malloc(sizeof *t->set_end * TRACE_SETS);
+    t->cap_span = TRACE_SPANS;
+    t->cap_set = TRACE_SETS;
+    if (!t->span || !t->set_end) {
+        free(t->span);
+        free(t->set_end);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void trace_free(moe_kern_trace *t) {
+    if (!t) return;
+    free(t->span);
+    free(t->set_end);
+    free(t);
+}
+
+/* reps replays of trace t (steps steps of tok_per_step tokens), each the best of 1-8 streams per
+ * thread, between probes; medians into r */
+static void ceil_measure(const moe_kern_trace *t, moe_pool *pool, moe_membw *probe, double steps, double tok_per_step,
+                         int reps, ceil_res *r) {
+    double bytes = 0, tg[64], pct[64];
+    for (int64_t i = 0; i < t->n_span; i++) bytes += (double)t->span[i].n;
+    reps = reps < 64 ? reps : 64;
+    for (int k = 0; k < reps; k++) {
+        double before = moe_membw_run(probe, pool, 3), dt = 0;
+        for (int streams = 1; streams <= 8; streams *= 2) {
+            double d = moe_membw_replay(pool, t, streams, NULL);
+            dt = dt == 0 || d < dt ? d : dt;
+        }
+        double after = moe_membw_run(probe, pool, 3), bw = after > before ? after : before;
+        tg[k] = dt > 0 ? steps * tok_per_step / dt : 0;
+        pct[k] = dt > 0 && bw > 0 ? 100.0 * bytes / dt / bw : 0;
+    }
+    r->tg = median(tg, reps);
+    r->read_pct = median(pct, reps);
+    r->bytes_step = steps > 0 ? bytes / steps : 0;
+}
+
 typedef struct {
     int n;
     double tg, roof_pct, bytes_step, limit, bw;
     prof_sum prof;
+    ceil_res ceil;
 } batch_res;
 
 /* n sequences decode n_g steps together; returns MOE_OK and fills r */
 static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t *toks, int n_toks, batch_res *r,
-                            moe_membw *probe, moe_pool *pool, int profile, char *err, size_t errlen) {
+                            moe_membw *probe, moe_pool *pool, int profile, int ceiling, int reps, char *err, size_t errlen) {
     const moe_hparams *hp = moe_model_hparams(m);
     moe_engine_params ep = moe_engine_default_params();
     ep.n_batch = n;
@@ -133,7 +197,7 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
     if (!seq || !it || !lg || !prev) goto out;
     if ((st = moe_engine_init(m, &ep, &e, err, errlen))) goto out;
     for (int i = 0; i < n; i++)
-        if ((st = moe_seq_init(e, n_g + 2, &seq[i]))) {
+        if ((st = moe_seq_init(e, (ceiling ? 2 * n_g : n_g) + 2, &seq[i]))) {
             snprintf(err, errlen, "%s", moe_engine_errmsg(e));
             goto out;
         }
@@ -176,6 +240,29 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
     r->bytes_step = bytes / n_g;
     r->limit = bw > 0 ? (double)n * bw / r->bytes_step : 0;
     r->roof_pct = bw > 0 ? 100.0 * (bytes / dt) / bw : 0;
+    memset(&r->ceil, 0, sizeof r->ceil);
+    if (ceiling) { /* n_g more steps, traced, then replayed */
+        moe_kern_trace *t = trace_new();
+        if (!t) {
+            st = MOE_ERR_NOMEM;
+            snprintf(err, errlen, "out of memory for the ceiling's trace");
+            goto out;
+        }
+        moe_kern_set_trace(t);
+        for (int k = n_g; k < 2 * n_g && !st; k++) {
+            for (int i = 0; i < n; i++) it[i].tokens = &toks[(i * 7 + k + 1) % n_toks];
+            st = moe_engine_step(e, it, n);
+        }
+        moe_kern_set_trace(NULL);
+        if (!st && t->overflow) {
+            st = MOE_ERR_NOMEM;
+            snprintf(err, errlen, "the ceiling's trace is full (fewer steps: -n)");
+        } else if (!st)
+            ceil_measure(t, pool, probe, n_g, n, reps, &r->ceil);
+        trace_free(t);
+        if (st == MOE_ERR_NOMEM) goto out;
+        if (st) goto fail;
+    }
     goto out;
 fail:
     snprintf(err, errlen, "%s", moe_engine_errmsg(e));
@@ -194,7 +281,8 @@ int moe_cmd_bench(int argc, char **argv) {
     const char *model = NULL;
     int batches[MAX_BATCHES], n_batches = 0;
     long long n_p = 512, n_g = 128, threads = 0, reps = 3, depth = 0;
-    int json = 0, profile = 0;
+    int json = 0, profile = 0, ceiling = 0;
+    ceil_res tgc = {0, 0, 0};
     prof_sum tgp, ppp;
     memset(&tgp, 0, sizeof tgp);
     memset(&ppp, 0, sizeof ppp);
@@ -210,6 +298,10 @@ int moe_cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(a, "--profile")) {
             profile = 1;
+            continue;
+        }
+        if (!strcmp(a, "--ceiling")) {
+            ceiling = 1;
             continue;
         }
         if (!(v = cli_val("bench", argc, argv, &i))) return 1;
@@ -311,6 +403,23 @@ int moe_cmd_bench(int argc, char **argv) {
             ratio[r] = 100.0 * tg[r] * active / bws[r];
         }
     }
+    if (ceiling && n_g > 0) { /* the decode steps again, traced (untimed), then replayed */
+        moe_kern_trace *t = trace_new();
+        if (!t) goto out;
+        moe_ctx_truncate(c, 0);
+        int bad = moe_ctx_eval(c, toks, (int32_t)(depth > 0 ? depth : 1), NULL) != MOE_OK;
+        moe_kern_set_trace(t);
+        for (long long i = 0; i < n_g && !bad; i++) bad = moe_ctx_eval(c, &toks[(depth > 0 ? depth : 1) + i], 1, NULL) != MOE_OK;
+        moe_kern_set_trace(NULL);
+        if (!bad && t->overflow) {
+            trace_free(t);
+            cli_fail("bench", "--ceiling: the trace of %lld steps is full; use fewer (-n)", n_g);
+            goto out;
+        }
+        if (!bad) ceil_measure(t, pool, probe, (double)n_g, 1.0, (int)reps, &tgc);
+        trace_free(t);
+        if (bad) goto eval_fail;
+    }
     double pp_med = n_p > 0 ? median(pp, (int)reps) : 0, tg_med = n_g > 0 ? median(tg, (int)reps) : 0;
     double bw = n_g > 0 ? median(bws, (int)reps) : moe_membw_run(probe, pool, 5);
     /* roofline share: the median over runs of each run's tokens/s against its own bandwidth */
@@ -323,7 +432,8 @@ int moe_cmd_bench(int argc, char **argv) {
     double peak128 = 128.0 * hz * nth, pp_peak128 = peak128 > 0 ? 100.0 * pp_med * pp_ops / peak128 : 0;
     batch_res br[MAX_BATCHES];
     for (int b = 0; b < n_batches; b++) {
-        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, profile, err, sizeof err)) {
+        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, profile, ceiling,
+                      (int)reps, err, sizeof err)) {
             cli_fail("bench", "batch %d: %s", batches[b], err);
             goto out;
         }
@@ -343,6 +453,11 @@ int moe_cmd_bench(int argc, char **argv) {
             printf("%s{\"n\": %d, \"tg\": %.3f, \"roofline_tg\": %.3f, \"roofline_pct\": %.2f, \"bytes_per_step\": %.0f, "
                    "\"bandwidth_gbs\": %.3f",
                    b ? ", " : "", br[b].n, br[b].tg, br[b].limit, br[b].roof_pct, br[b].bytes_step, br[b].bw / 1e9);
+            if (ceiling)
+                printf(", \"ceiling_tg\": %.3f, \"ceiling_read_pct\": %.2f, \"ceiling_bytes_per_step\": %.0f, "
+                       "\"tg_of_ceiling_pct\": %.2f",
+                       br[b].ceil.tg, br[b].ceil.read_pct, br[b].ceil.bytes_step,
+                       br[b].ceil.tg > 0 ? 100.0 * br[b].tg / br[b].ceil.tg : 0.0);
             if (profile) {
                 printf(", \"profile\": ");
                 prof_print(&br[b].prof, NULL, br[b].bw, 1);
@@ -350,6 +465,9 @@ int moe_cmd_bench(int argc, char **argv) {
             printf("}");
         }
         printf("]");
+        if (ceiling && n_g > 0)
+            printf(", \"ceiling_tg\": %.3f, \"ceiling_read_pct\": %.2f, \"ceiling_bytes_per_step\": %.0f, \"tg_of_ceiling_pct\": %.2f",
+                   tgc.tg, tgc.read_pct, tgc.bytes_step, tgc.tg > 0 ? 100.0 * tg_med / tgc.tg : 0.0);
         if (profile && n_g > 0) {
             printf(", \"profile\": ");
             prof_print(&tgp, NULL, bw, 1);
@@ -374,9 +492,18 @@ int moe_cmd_bench(int argc, char **argv) {
                peak / 1e9, nth, hz > 0 ? peak / hz / nth : 0.0, hz / 1e9);
         printf("pp%-5lld %10.2f tokens/s x %.2f Gops/token -> %.1f%% of int8 peak, %.1f%% of 128 ops/cycle/core%s\n", n_p,
                pp_med, pp_ops / 1e9, pp_peak, pp_peak128, w8a8 ? "" : " (W8A8 off: F32 activations)");
-        for (int b = 0; b < n_batches; b++)
+        if (ceiling && n_g > 0)
+            printf("ceiling tg %8.2f tokens/s: the steps' %s of weight reads alone at %.1f%% of the probe -> tg at %.1f%% "
+                   "of it\n",
+                   tgc.tg, cli_bytes(tgc.bytes_step, b1, sizeof b1), tgc.read_pct, tgc.tg > 0 ? 100.0 * tg_med / tgc.tg : 0.0);
+        for (int b = 0; b < n_batches; b++) {
             printf("batch %-3d %10.2f tokens/s total  roofline %.2f tokens/s (%s per step)  -> %.1f%% of roofline\n",
                    br[b].n, br[b].tg, br[b].limit, cli_bytes(br[b].bytes_step, b1, sizeof b1), br[b].roof_pct);
+            if (ceiling)
+                printf("  ceiling %10.2f tokens/s: the steps' %s of weight reads alone at %.1f%% of the probe -> %.1f%% of it\n",
+                       br[b].ceil.tg, cli_bytes(br[b].ceil.bytes_step, b2, sizeof b2), br[b].ceil.read_pct,
+                       br[b].ceil.tg > 0 ? 100.0 * br[b].tg / br[b].ceil.tg : 0.0);
+        }
     }
     if (profile && !json) {
         if (n_p > 0) {

@@ -115,3 +115,128 @@ void moe_membw_free(moe_membw *b) {
     munmap(b->buf, b->bytes);
     free(b);
 }
+
+/* ---- replay of a weight-read trace (moe_membw_replay) ---- */
+typedef struct {
+    const moe_kern_span *s; /* the set's spans */
+    int64_t ns;
+    size_t total;
+    int streams, level;
+    uint64_t sums[256];
+} rp_job;
+
+/* a read position: span k, offset off, left bytes still to read in this slice */
+typedef struct {
+    int64_t k;
+    size_t off, left;
+} rp_cur;
+
+static void rp_skip_ends(rp_cur *c, const rp_job *j) {
+    while (c->left && c->k < j->ns && c->off >= j->s[c->k].n) {
+        c->off -= j->s[c->k].n;
+        c->k++;
+    }
+}
+
+/* the next piece of slice c (at most 512 bytes, inside one span): its address and length */
+static const uint8_t *rp_piece(rp_cur *c, const rp_job *j, size_t *n) {
+    const moe_kern_span *sp = &j->s[c->k];
+    size_t m = sp->n - c->off;
+    m = m < 512 ? m : 512;
+    m = m < c->left ? m : c->left;
+    const uint8_t *q = sp->p + c->off;
+    c->off += m;
+    c->left -= m;
+    rp_skip_ends(c, j);
+    *n = m;
+    return q;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw"))) static uint64_t rp_read_avx512(rp_cur *c, int S, const rp_job *j) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a = z, b = z;
+    for (int any = 1; any;) {
+        any = 0;
+        for (int k = 0; k < S; k++) {
+            if (!c[k].left) continue;
+            any = 1;
+            size_t n;
+            const uint8_t *q = rp_piece(&c[k], j, &n);
+            if (n == 512) {
+                for (int l = 0; l < 8; l++) _mm_prefetch((const char *)q + 2048 + 64 * l, _MM_HINT_T0);
+                for (int l = 0; l < 8; l += 2) {
+                    a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l)), z));
+                    b = _mm512_add_epi64(b, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l + 64)), z));
+                }
+            } else {
+                for (size_t m = 0; m < n; m += 64) {
+                    const size_t r = n - m < 64 ? n - m : 64;
+                    const __mmask64 mk = r == 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1);
+                    a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(mk, q + m), z));
+                }
+            }
+        }
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(a, b));
+}
+#endif
+
+static uint64_t rp_read_plain(rp_cur *c, int S, const rp_job *j) {
+    uint64_t s = 0;
+    for (int any = 1; any;) {
+        any = 0;
+        for (int k = 0; k < S; k++) {
+            if (!c[k].left) continue;
+            any = 1;
+            size_t n;
+            const uint8_t *q = rp_piece(&c[k], j, &n);
+            for (size_t i = 0; i < n; i++) s += q[i];
+        }
+    }
+    return s;
+}
+
+static void rp_worker(void *arg, int ith, int nth) {
+    rp_job *j = arg;
+    const size_t a = j->total * (size_t)ith / (size_t)nth / 64 * 64,
+                 b = ith == nth - 1 ? j->total : j->total * (size_t)(ith + 1) / (size_t)nth / 64 * 64;
+    const int S = j->streams;
+    rp_cur c[8];
+    for (int k = 0; k < S; k++) {
+        const size_t lo = a + (b - a) * (size_t)k / (size_t)S / 64 * 64,
+                     hi = k == S - 1 ? b : a + (b - a) * (size_t)(k + 1) / (size_t)S / 64 * 64;
+        c[k] = (rp_cur){0, lo, hi - lo};
+        rp_skip_ends(&c[k], j);
+    }
+#if defined(__x86_64__)
+    if (j->level == 2) {
+        j->sums[ith & 255] = rp_read_avx512(c, S, j);
+        return;
+    }
+#endif
+    j->sums[ith & 255] = rp_read_plain(c, S, j);
+}
+
+double moe_membw_replay(moe_pool *pool, const moe_kern_trace *t, int streams, uint64_t *sum) {
+    rp_job j;
+    j.streams = streams < 1 ? 1 : streams > 8 ? 8 : streams;
+    j.level = moe_kern_level();
+    const int nth = moe_pool_n_threads(pool);
+    uint64_t total = 0;
+    int64_t s0 = 0;
+    const double t0 = moe_now();
+    for (int64_t k = 0; k < t->n_set; k++) {
+        j.s = t->span + s0;
+        j.ns = t->set_end[k] - s0;
+        s0 = t->set_end[k];
+        j.total = 0;
+        for (int64_t i = 0; i < j.ns; i++) j.total += j.s[i].n;
+        if (!j.total) continue;
+        moe_pool_run(pool, rp_worker, &j);
+        for (int i = 0; i < nth && i < 256; i++) total += j.sums[i];
+    }
+    const double dt = moe_now() - t0;
+    if (sum) *sum = total;
+    return dt;
+}

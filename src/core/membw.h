@@ -8,6 +8,7 @@
 #define MOE_MEMBW_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/pool.h"
 
@@ -18,5 +19,14 @@ moe_membw *moe_membw_new(size_t bytes); /* NULL when out of memory */
 /* reps rounds of passes over the buffer on every pool thread (one pass per pattern); the best rate in bytes/s */
 double moe_membw_run(moe_membw *b, moe_pool *pool, int reps);
 void moe_membw_free(moe_membw *b);
+
+/* The ceiling of a traced run (`moe bench --ceiling`): reads the weight spans a trace recorded
+ * (moe_kern_set_trace) set after set, each set one pool job as in the engine, with no
+ * arithmetic: a set's bytes (its spans end to end) are cut into one equal part per thread, each
+ * read as `streams` (1-8) equal slices in lockstep, 512 bytes at a time, 2 KB prefetched ahead
+ * (the probe's loop). Returns the seconds it took; *sum (may be NULL) gets the sum of every byte
+ * read, so a caller can check that everything was read. */
+struct moe_kern_trace;
+double moe_membw_replay(moe_pool *pool, const struct moe_kern_trace *t, int streams, uint64_t *sum);
 
 #endif

@@ -74,6 +74,23 @@ typedef struct moe_kern_prod {
  * (row, token) result equals what moe_kern_matmul gives for that product, bit for bit, and the
  * outputs must not overlap the inputs. */
 void moe_kern_matmul_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_kern_ws *ws);
+/* Weight-read trace (`moe bench --ceiling`): while one is set, every product set records the
+ * bytes of its weights, one span per product ([w->data, + w->out·w->row_bytes): every layout
+ * keeps a matrix in one range), and where each set ends; moe_membw_replay reads them back with
+ * no arithmetic. The engine calls sets from one thread, so recording takes no lock. A full
+ * trace stops recording and sets `overflow`. */
+typedef struct moe_kern_span {
+    const uint8_t *p;
+    size_t n;
+} moe_kern_span;
+typedef struct moe_kern_trace {
+    moe_kern_span *span; /* cap_span entries, caller-owned */
+    int64_t n_span, cap_span;
+    int64_t *set_end; /* set k is spans [set_end[k-1], set_end[k]) (set_end[-1] = 0) */
+    int64_t n_set, cap_set;
+    int overflow;
+} moe_kern_trace;
+void moe_kern_set_trace(moe_kern_trace *t); /* NULL stops recording */
 /* Single-threaded variant over rows [o0, o1) (callers that parallelize themselves). */
 void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t T,
                           int64_t o0, int64_t o1, float *scratch);

@@ -119,6 +119,33 @@ int main(void) {
         CHECK(fabs(share - 1.0) < 1e-3 && head_mb > 0, "bench profile %d: shares add to %.4f, head %.3f MB/step", k, share, head_mb);
     }
     json_decref(j);
+    /* bench --ceiling: the replayed reads are the profiled weight bytes (decode: the same tokens,
+     * so the same experts), a batch's are at most its step's bytes, and every rate is positive */
+    CHECK(sh(out, sizeof out, "%s bench -m %s -p 0 -n 3 -r 1 -t 2 --batch 3 --profile --ceiling --json 2>/dev/null", g_bin,
+             model) == 0,
+          "bench --ceiling: %s", out);
+    j = json_loads(out, 0, &je);
+    CHECK(j != NULL, "bench --ceiling --json is JSON: %s", out);
+    if (j) {
+        double mb = 0;
+        size_t i;
+        json_t *ph, *b0 = json_array_get(json_object_get(j, "batch"), 0);
+        json_array_foreach(json_object_get(j, "profile"), i, ph) { /* weights: every phase but the cache reads */
+            const char *name = json_string_value(json_object_get(ph, "phase"));
+            if (name && strcmp(name, "attn.core")) mb += json_number_value(json_object_get(ph, "mb_per_step"));
+        }
+        const double cb = json_number_value(json_object_get(j, "ceiling_bytes_per_step"));
+        CHECK(fabs(cb - 1e6 * mb) <= 1e-3 * cb + 1e4, "bench --ceiling reads %.0f bytes per step, the profile's weights %.0f", cb,
+              1e6 * mb);
+        CHECK(json_number_value(json_object_get(j, "ceiling_tg")) > 0 && json_number_value(json_object_get(j, "ceiling_read_pct")) > 0 &&
+                  json_number_value(json_object_get(j, "tg_of_ceiling_pct")) > 0,
+              "bench --ceiling figures: %s", out);
+        const double bcb = json_number_value(json_object_get(b0, "ceiling_bytes_per_step"));
+        CHECK(bcb > 0 && bcb <= json_number_value(json_object_get(b0, "bytes_per_step")) &&
+                  json_number_value(json_object_get(b0, "ceiling_tg")) > 0 && json_number_value(json_object_get(b0, "tg_of_ceiling_pct")) > 0,
+              "bench --ceiling batch: %s", out);
+    }
+    json_decref(j);
     CHECK(sh(out, sizeof out, "%s bench -m %s -p 0 -n 2 -r 1 -t 2 --profile 2>&1", g_bin, model) == 0 &&
               strstr(out, "profile of decode (tg)") && strstr(out, "experts.up"),
           "bench --profile prints a table: %s", out);

@@ -10,7 +10,10 @@
  *    (MOE_REPACK=0) bit for bit, prefill and decode;
  *  - the step profile (moe_engine_profile) of decode steps counts exactly the weight bytes the
  *    roofline counts (moe_model_active_bytes), the cache rows attended to, one call per phase
- *    and layer, phase times that add up to the step time, and nothing once it is off. */
+ *    and layer, phase times that add up to the step time, and nothing once it is off;
+ *  - the weight-read trace of those steps (moe_kern_set_trace, `moe bench --ceiling`) holds the
+ *    same bytes, and its replay (moe_membw_replay) reads every byte once, for 1, 3 and 8 streams
+ *    per thread. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,8 @@
 #include "moe/init.h"
 #include "moe/model.h"
 #include "moe/tools.h"
+#include "core/membw.h"
+#include "kern/kern.h"
 #include "model/model_impl.h" /* n_packed: how many tensors the loader repacked */
 #include "testutil.h"
 
@@ -62,7 +67,12 @@ static void check_profile(const char *label, moe_model *m) {
     moe_engine *e = moe_ctx_engine(c);
     moe_phase_stat st[MOE_PHASE_COUNT];
     moe_engine_profile(e, 1);
+    moe_kern_span spans[512];
+    int64_t ends[256];
+    moe_kern_trace tr = {spans, 0, 512, ends, 0, 256, 0};
+    moe_kern_set_trace(&tr);
     for (int i = 0; i < 2; i++) CHECK(moe_ctx_eval(c, &next[i], 1, NULL) == MOE_OK, "%s: profiled decode", label);
+    moe_kern_set_trace(NULL);
     const double total = moe_engine_profile_read(e, st);
     double named = 0, wbytes = 0;
     for (int i = 0; i < MOE_PHASE_COUNT; i++) {
@@ -75,6 +85,31 @@ static void check_profile(const char *label, moe_model *m) {
     const double want = 2.0 * ((double)moe_model_active_bytes(m) - (double)moe_dtype_row_bytes(m->tok_embd.type, hp->n_embd));
     printf("%-10s profile of 2 decode steps: %.0f weight bytes (roofline: %.0f), %.1f us\n", label, wbytes, want, 1e6 * total);
     CHECK(fabs(wbytes - want) <= 1e-9 * want, "%s: profiled weight bytes %.0f, the roofline counts %.0f", label, wbytes, want);
+    /* the trace: the same bytes, in sets that end in order; its replay reads each byte once */
+    double tbytes = 0;
+    uint64_t want_sum = 0;
+    for (int64_t i = 0; i < tr.n_span; i++) {
+        tbytes += (double)spans[i].n;
+        for (size_t k = 0; k < spans[i].n; k++) want_sum += spans[i].p[k];
+    }
+    int ordered = tr.n_set > 0 && ends[tr.n_set - 1] == tr.n_span;
+    for (int64_t k = 1; k < tr.n_set; k++) ordered &= ends[k] > ends[k - 1];
+    CHECK(!tr.overflow && ordered && tbytes == wbytes, "%s: trace of %lld sets, %lld spans, %.0f bytes (profile %.0f)", label,
+          (long long)tr.n_set, (long long)tr.n_span, tbytes, wbytes);
+    moe_pool *pool = moe_pool_init(2);
+    for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5) {
+        uint64_t got = 0;
+        const double dt = moe_membw_replay(pool, &tr, streams, &got);
+        CHECK(dt > 0 && got == want_sum, "%s: replay with %d streams summed %llu, the spans hold %llu", label, streams,
+              (unsigned long long)got, (unsigned long long)want_sum);
+    }
+    moe_pool_free(pool);
+    /* a trace too small for the steps says so */
+    moe_kern_trace small = {spans, 0, 4, ends, 0, 256, 0};
+    moe_kern_set_trace(&small);
+    CHECK(moe_ctx_eval(c, &next[0], 1, NULL) == MOE_OK, "%s: traced decode", label);
+    moe_kern_set_trace(NULL);
+    CHECK(small.overflow && small.n_span <= 4, "%s: a full trace sets overflow (%lld spans)", label, (long long)small.n_span);
     /* positions 5 and 6 attend to 6 and 7 cache rows in every layer */
     const double kv = (double)hp->n_layer * (6 + 7) * (double)(hp->kv_lora_rank + hp->n_rot) * 4;
     CHECK(st[MOE_PHASE_ATTN_CORE].bytes == kv, "%s: attention bytes %.0f, want %.0f", label, st[MOE_PHASE_ATTN_CORE].bytes, kv);

@@ -424,9 +424,23 @@ static void set_worker(void *arg, int ith, int nth) {
     }
 }
 
+static moe_kern_trace *g_trace;
+void moe_kern_set_trace(moe_kern_trace *t) { g_trace = t; }
+
+static void trace_set(moe_kern_trace *t, const moe_kern_prod *p, int n) {
+    if (t->overflow || t->n_span + n > t->cap_span || t->n_set >= t->cap_set) {
+        t->overflow = 1;
+        return;
+    }
+    for (int k = 0; k < n; k++)
+        t->span[t->n_span++] = (moe_kern_span){p[k].w->data, (size_t)p[k].w->out * p[k].w->row_bytes};
+    t->set_end[t->n_set++] = t->n_span;
+}
+
 /* Runs products [0, n) that fit the workspace together. */
 static void run_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_kern_ws *ws, const int *w8a8) {
     set_job j;
+    if (g_trace) trace_set(g_trace, p, n); /* one recorded set per pool job */
     j.p = p;
     j.n = n;
     j.nq = 0;
