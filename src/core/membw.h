@@ -22,11 +22,13 @@ void moe_membw_free(moe_membw *b);
 
 /* The ceiling of a traced run (`moe bench --ceiling`): reads the weight spans a trace recorded
  * (moe_kern_set_trace) set after set, each set one pool job as in the engine, with no
- * arithmetic: a set's bytes (its spans end to end) are cut into one equal part per thread, each
- * read as `streams` (1-8) equal slices in lockstep, 512 bytes at a time, 2 KB prefetched ahead
- * (the probe's loop). Returns the seconds it took; *sum (may be NULL) gets the sum of every byte
- * read, so a caller can check that everything was read. */
+ * arithmetic: a set's bytes (its spans end to end) are cut into one equal part per thread, read
+ * by `streams` (1-8) cursors in lockstep, 512 bytes at a time, 2 KB prefetched ahead (the probe's
+ * loop). tile 0: the cursors start at equal slices of the part; tile > 0: the part is read in
+ * tiles of streams·tile bytes, the cursors `tile` bytes apart (as the R16 kernels read 4
+ * neighbouring row groups). Returns the seconds it took; *sum (may be NULL) gets the sum of every
+ * byte read, so a caller can check that everything was read once. */
 struct moe_kern_trace;
-double moe_membw_replay(moe_pool *pool, const struct moe_kern_trace *t, int streams, uint64_t *sum);
+double moe_membw_replay(moe_pool *pool, const struct moe_kern_trace *t, int streams, size_t tile, uint64_t *sum);
 
 #endif

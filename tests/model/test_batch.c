@@ -13,7 +13,7 @@
  *    and layer, phase times that add up to the step time, and nothing once it is off;
  *  - the weight-read trace of those steps (moe_kern_set_trace, `moe bench --ceiling`) holds the
  *    same bytes, and its replay (moe_membw_replay) reads every byte once, for 1, 3 and 8 streams
- *    per thread. */
+ *    per thread, in equal slices and in tiles. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,12 +97,13 @@ static void check_profile(const char *label, moe_model *m) {
     CHECK(!tr.overflow && ordered && tbytes == wbytes, "%s: trace of %lld sets, %lld spans, %.0f bytes (profile %.0f)", label,
           (long long)tr.n_set, (long long)tr.n_span, tbytes, wbytes);
     moe_pool *pool = moe_pool_init(2);
-    for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5) {
-        uint64_t got = 0;
-        const double dt = moe_membw_replay(pool, &tr, streams, &got);
-        CHECK(dt > 0 && got == want_sum, "%s: replay with %d streams summed %llu, the spans hold %llu", label, streams,
-              (unsigned long long)got, (unsigned long long)want_sum);
-    }
+    for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5)
+        for (size_t tile = 0; tile <= 8192; tile = tile ? tile * 8 : 128) { /* equal slices; tiles of 128 B, 1 KB, 8 KB */
+            uint64_t got = 0;
+            const double dt = moe_membw_replay(pool, &tr, streams, tile, &got);
+            CHECK(dt > 0 && got == want_sum, "%s: replay with %d streams, tile %zu summed %llu, the spans hold %llu", label,
+                  streams, tile, (unsigned long long)got, (unsigned long long)want_sum);
+        }
     moe_pool_free(pool);
     /* a trace too small for the steps says so */
     moe_kern_trace small = {spans, 0, 4, ends, 0, 256, 0};
