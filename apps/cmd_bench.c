@@ -92,38 +92,47 @@ static void prof_take(prof_sum *ps, moe_engine *e, double steps) {
     moe_engine_profile(e, 0);
 }
 
-/* per phase: ms per step, share of the step, GB/s read and % of the probe (bw, bytes/s) */
-static void prof_print(const prof_sum *ps, const char *title, double bw, int json) {
+/* the ceiling of traced steps (see the top): tokens/s, read rate as % of the probe, bytes per step */
+typedef struct {
+    double tg, read_pct, bytes_step, of_pct; /* of_pct: the measured tokens/s as % of tg (median of pairs) */
+    double ph_s[MOE_PHASE_COUNT];            /* replay seconds per phase, summed over the replays */
+    double steps;                            /* steps replayed in all (for ph_s per step) */
+} ceil_res;
+
+/* per phase: ms per step, share of the step, GB/s read and % of the probe (bw, bytes/s); with a
+ * ceiling (cr, NULL or no steps: none) also the replay's ms per step and the phase's time as a
+ * share of it */
+static void prof_print(const prof_sum *ps, const char *title, double bw, int json, const ceil_res *cr) {
+    const int ce = cr && cr->steps > 0;
     if (ps->steps <= 0 || ps->total <= 0) {
         if (json) printf("[]");
         return;
     }
     if (json) printf("[");
     else
-        fprintf(stderr, "profile of %s: %.3f ms per step\n  %-13s %9s %7s %9s %8s %8s\n", title, 1e3 * ps->total / ps->steps,
-                "phase", "ms/step", "share", "MB/step", "GB/s", "% probe");
+        fprintf(stderr, "profile of %s: %.3f ms per step\n  %-13s %9s %7s %9s %8s %8s%s\n", title, 1e3 * ps->total / ps->steps,
+                "phase", "ms/step", "share", "MB/step", "GB/s", "% probe", ce ? "  ceiling ms  % of it" : "");
     for (int i = 0, k = 0; i < MOE_PHASE_COUNT; i++) {
         const moe_phase_stat *p = &ps->ph[i];
         if (!p->calls && i != MOE_PHASE_OTHER) continue;
         double gbs = p->seconds > 0 ? p->bytes / p->seconds / 1e9 : 0, pct = bw > 0 && p->seconds > 0 ? 100.0 * p->bytes / p->seconds / bw : 0;
-        if (json)
+        const double cms = ce ? 1e3 * cr->ph_s[i] / cr->steps : 0, ms = 1e3 * p->seconds / ps->steps;
+        if (json) {
             printf("%s{\"phase\": \"%s\", \"ms_per_step\": %.4f, \"share\": %.4f, \"mb_per_step\": %.3f, \"gbs\": %.3f, "
-                   "\"bw_pct\": %.2f}",
-                   k++ ? ", " : "", p->name, 1e3 * p->seconds / ps->steps, p->seconds / ps->total, p->bytes / ps->steps / 1e6,
-                   gbs, pct);
-        else if (p->bytes > 0)
-            fprintf(stderr, "  %-13s %9.3f %6.1f%% %9.2f %8.2f %7.1f%%\n", p->name, 1e3 * p->seconds / ps->steps,
-                    100.0 * p->seconds / ps->total, p->bytes / ps->steps / 1e6, gbs, pct);
-        else
-            fprintf(stderr, "  %-13s %9.3f %6.1f%%\n", p->name, 1e3 * p->seconds / ps->steps, 100.0 * p->seconds / ps->total);
+                   "\"bw_pct\": %.2f",
+                   k++ ? ", " : "", p->name, ms, p->seconds / ps->total, p->bytes / ps->steps / 1e6, gbs, pct);
+            if (ce) printf(", \"ceiling_ms_per_step\": %.4f", cms);
+            printf("}");
+        } else if (p->bytes > 0) {
+            fprintf(stderr, "  %-13s %9.3f %6.1f%% %9.2f %8.2f %7.1f%%", p->name, ms, 100.0 * p->seconds / ps->total,
+                    p->bytes / ps->steps / 1e6, gbs, pct);
+            if (ce && cms > 0) fprintf(stderr, "  %10.3f %6.1f%%", cms, ms > 0 ? 100.0 * cms / ms : 0.0);
+            fprintf(stderr, "\n");
+        } else
+            fprintf(stderr, "  %-13s %9.3f %6.1f%%\n", p->name, ms, 100.0 * p->seconds / ps->total);
     }
     if (json) printf("]");
 }
-
-/* the ceiling of traced steps (see the top): tokens/s, read rate as % of the probe, bytes per step */
-typedef struct {
-    double tg, read_pct, bytes_step, of_pct; /* of_pct: the measured tokens/s as % of tg (median of pairs) */
-} ceil_res;
 
 #define TRACE_SPANS (1 << 20)
 #define TRACE_SETS (1 << 17)
@@ -133,11 +142,13 @@ static moe_kern_trace *trace_new(void) {
     if (!t) return NULL;
     t->span = malloc(sizeof *t->span * TRACE_SPANS);
     t->set_end = malloc(sizeof *t->set_end * TRACE_SETS);
+    t->set_tag = malloc(sizeof *t->set_tag * TRACE_SETS);
     t->cap_span = TRACE_SPANS;
     t->cap_set = TRACE_SETS;
-    if (!t->span || !t->set_end) {
+    if (!t->span || !t->set_end || !t->set_tag) {
         free(t->span);
         free(t->set_end);
+        free(t->set_tag);
         free(t);
         return NULL;
     }
@@ -148,23 +159,31 @@ static void trace_free(moe_kern_trace *t) {
     if (!t) return;
     free(t->span);
     free(t->set_end);
+    free(t->set_tag);
     free(t);
 }
 
 /* one replay of trace t (the best of three read patterns), then a probe: *tg (tokens/s for
  * `tokens` tokens in the trace) and *pct, its read rate as % of the better of that probe and
- * bw_before (bytes/s) */
+ * bw_before (bytes/s); the best pattern's seconds per phase are added to ph_s */
 static void ceil_once(const moe_kern_trace *t, moe_pool *pool, moe_membw *probe, double bw_before, double tokens,
-                      double *tg, double *pct) {
+                      double *tg, double *pct, double *ph_s) {
     double bytes = 0, dt = 0;
     for (int64_t i = 0; i < t->n_span; i++) bytes += (double)t->span[i].n;
+    double *set_s = malloc(sizeof(double) * 2 * (size_t)(t->n_set > 0 ? t->n_set : 1)), *best_s = set_s + t->n_set;
     /* streams per thread and tile KB: the best patterns on the bench model (4 streams in equal
      * slices or 32-64 KB apart; 1, 2 and 8 streams and 16 KB tiles read 5-30 % slower) */
     static const int pat[][2] = {{4, 0}, {4, 32}, {4, 64}};
     for (int q = 0; q < (int)(sizeof pat / sizeof pat[0]); q++) {
-        double d = moe_membw_replay(pool, t, pat[q][0], (size_t)pat[q][1] << 10, NULL);
-        dt = dt == 0 || d < dt ? d : dt;
+        double d = moe_membw_replay(pool, t, pat[q][0], (size_t)pat[q][1] << 10, NULL, set_s);
+        if (dt == 0 || d < dt) {
+            dt = d;
+            if (set_s) memcpy(best_s, set_s, sizeof(double) * (size_t)t->n_set);
+        }
     }
+    for (int64_t k = 0; set_s && k < t->n_set; k++)
+        if (t->set_tag[k] >= 0 && t->set_tag[k] < MOE_PHASE_COUNT) ph_s[t->set_tag[k]] += best_s[k];
+    free(set_s);
     double after = moe_membw_run(probe, pool, 3), bw = after > bw_before ? after : bw_before;
     *tg = dt > 0 ? tokens / dt : 0;
     *pct = dt > 0 && bw > 0 ? 100.0 * bytes / dt / bw : 0;
@@ -265,10 +284,14 @@ static moe_status run_batch(moe_model *m, int nth, int n, int n_g, const int32_t
             double ctg[64], cpct[64], cof[64];
             const int nr = reps < 64 ? reps : 64;
             for (int k = 0; k < nr; k++) {
-                ceil_once(t, pool, probe, bw, (double)n * n_g, &ctg[k], &cpct[k]);
+                ceil_once(t, pool, probe, bw, (double)n * n_g, &ctg[k], &cpct[k], r->ceil.ph_s);
                 cof[k] = ctg[k] > 0 ? 100.0 * r->tg / ctg[k] : 0;
             }
-            r->ceil = (ceil_res){median(ctg, nr), median(cpct, nr), trace_bytes(t) / n_g, median(cof, nr)};
+            r->ceil.tg = median(ctg, nr);
+            r->ceil.read_pct = median(cpct, nr);
+            r->ceil.bytes_step = trace_bytes(t) / n_g;
+            r->ceil.of_pct = median(cof, nr);
+            r->ceil.steps = (double)nr * n_g;
         }
         trace_free(t);
         if (st == MOE_ERR_NOMEM) goto out;
@@ -293,7 +316,8 @@ int moe_cmd_bench(int argc, char **argv) {
     int batches[MAX_BATCHES], n_batches = 0;
     long long n_p = 512, n_g = 128, threads = 0, reps = 3, depth = 0;
     int json = 0, profile = 0, ceiling = 0;
-    ceil_res tgc = {0, 0, 0, 0};
+    ceil_res tgc;
+    memset(&tgc, 0, sizeof tgc);
     moe_kern_trace *tgt = NULL; /* the decode steps' trace (--ceiling) */
     double *ctg = NULL, *cpct = NULL, *cof = NULL;
     prof_sum tgp, ppp;
@@ -434,7 +458,7 @@ int moe_cmd_bench(int argc, char **argv) {
             bws[r] = after > before ? after : before; /* the better of the probes just before and after */
             ratio[r] = 100.0 * tg[r] * active / bws[r];
             if (tgt) { /* the same steps' reads alone, right after */
-                ceil_once(tgt, pool, probe, bws[r], (double)n_g, &ctg[r], &cpct[r]);
+                ceil_once(tgt, pool, probe, bws[r], (double)n_g, &ctg[r], &cpct[r], tgc.ph_s);
                 cof[r] = ctg[r] > 0 ? 100.0 * tg[r] / ctg[r] : 0;
             }
         }
@@ -444,6 +468,7 @@ int moe_cmd_bench(int argc, char **argv) {
         tgc.read_pct = median(cpct, (int)reps);
         tgc.of_pct = median(cof, (int)reps);
         tgc.bytes_step = trace_bytes(tgt) / (double)n_g;
+        tgc.steps = (double)reps * (double)n_g;
     }
     double pp_med = n_p > 0 ? median(pp, (int)reps) : 0, tg_med = n_g > 0 ? median(tg, (int)reps) : 0;
     double bw = n_g > 0 ? median(bws, (int)reps) : moe_membw_run(probe, pool, 5);
@@ -485,7 +510,7 @@ int moe_cmd_bench(int argc, char **argv) {
                        br[b].ceil.of_pct);
             if (profile) {
                 printf(", \"profile\": ");
-                prof_print(&br[b].prof, NULL, br[b].bw, 1);
+                prof_print(&br[b].prof, NULL, br[b].bw, 1, ceiling ? &br[b].ceil : NULL);
             }
             printf("}");
         }
@@ -495,11 +520,11 @@ int moe_cmd_bench(int argc, char **argv) {
                    tgc.tg, tgc.read_pct, tgc.bytes_step, tgc.of_pct);
         if (profile && n_g > 0) {
             printf(", \"profile\": ");
-            prof_print(&tgp, NULL, bw, 1);
+            prof_print(&tgp, NULL, bw, 1, ceiling ? &tgc : NULL);
         }
         if (profile && n_p > 0) {
             printf(", \"pp_profile\": ");
-            prof_print(&ppp, NULL, bw, 1);
+            prof_print(&ppp, NULL, bw, 1, NULL);
         }
         printf("}\n");
     } else {
@@ -534,13 +559,13 @@ int moe_cmd_bench(int argc, char **argv) {
         if (n_p > 0) {
             char title[64];
             snprintf(title, sizeof title, "prefill (pp%lld, per prompt)", n_p);
-            prof_print(&ppp, title, bw, 0);
+            prof_print(&ppp, title, bw, 0, NULL);
         }
-        if (n_g > 0) prof_print(&tgp, "decode (tg)", bw, 0);
+        if (n_g > 0) prof_print(&tgp, "decode (tg)", bw, 0, ceiling ? &tgc : NULL);
         for (int b = 0; b < n_batches; b++) {
             char title[64];
             snprintf(title, sizeof title, "batch %d", br[b].n);
-            prof_print(&br[b].prof, title, br[b].bw, 0);
+            prof_print(&br[b].prof, title, br[b].bw, 0, ceiling ? &br[b].ceil : NULL);
         }
     }
     rc = 0;

@@ -239,7 +239,8 @@ static void rp_worker(void *arg, int ith, int nth) {
     j->sums[ith & 255] = sum;
 }
 
-double moe_membw_replay(moe_pool *pool, const moe_kern_trace *t, int streams, size_t tile, uint64_t *sum) {
+double moe_membw_replay(moe_pool *pool, const moe_kern_trace *t, int streams, size_t tile, uint64_t *sum,
+                        double *set_s) {
     rp_job j;
     j.streams = streams < 1 ? 1 : streams > 8 ? 8 : streams;
     j.tile = tile / 64 * 64;
@@ -254,8 +255,11 @@ double moe_membw_replay(moe_pool *pool, const moe_kern_trace *t, int streams, si
         s0 = t->set_end[k];
         j.total = 0;
         for (int64_t i = 0; i < j.ns; i++) j.total += j.s[i].n;
+        if (set_s) set_s[k] = 0;
         if (!j.total) continue;
+        const double ts = set_s ? moe_now() : 0;
         moe_pool_run(pool, rp_worker, &j);
+        if (set_s) set_s[k] = moe_now() - ts;
         for (int i = 0; i < nth && i < 256; i++) total += j.sums[i];
     }
     const double dt = moe_now() - t0;

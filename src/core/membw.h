@@ -27,8 +27,10 @@ void moe_membw_free(moe_membw *b);
  * loop). tile 0: the cursors start at equal slices of the part; tile > 0: the part is read in
  * tiles of streams·tile bytes, the cursors `tile` bytes apart (as the R16 kernels read 4
  * neighbouring row groups). Returns the seconds it took; *sum (may be NULL) gets the sum of every
- * byte read, so a caller can check that everything was read once. */
+ * byte read, so a caller can check that everything was read once; set_s (may be NULL, else
+ * t->n_set entries) each set's seconds. */
 struct moe_kern_trace;
-double moe_membw_replay(moe_pool *pool, const struct moe_kern_trace *t, int streams, size_t tile, uint64_t *sum);
+double moe_membw_replay(moe_pool *pool, const struct moe_kern_trace *t, int streams, size_t tile, uint64_t *sum,
+                        double *set_s);
 
 #endif

@@ -89,8 +89,11 @@ typedef struct moe_kern_trace {
     int64_t *set_end; /* set k is spans [set_end[k-1], set_end[k]) (set_end[-1] = 0) */
     int64_t n_set, cap_set;
     int overflow;
+    int *set_tag; /* NULL, or cap_set entries: the tag (moe_kern_trace_tag) each set ran under */
 } moe_kern_trace;
 void moe_kern_set_trace(moe_kern_trace *t); /* NULL stops recording */
+/* The tag the next sets are recorded with (the engine passes its profile phase, moe_phase). */
+void moe_kern_trace_tag(int tag);
 /* Single-threaded variant over rows [o0, o1) (callers that parallelize themselves). */
 void moe_kern_matmul_rows(const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t T,
                           int64_t o0, int64_t o1, float *scratch);

@@ -26,6 +26,11 @@
 
 /* ---- step profile (moe_engine_profile): wall time and weight bytes per phase ---- */
 
+/* a phase starts: its clock when profiling, and its tag for a weight-read trace (moe bench --ceiling) */
+static inline double ph_begin_tag(const moe_engine *c, moe_phase ph) {
+    moe_kern_trace_tag((int)ph);
+    return c->prof ? moe_now() : 0.0;
+}
 static inline double ph_begin(const moe_engine *c) { return c->prof ? moe_now() : 0.0; }
 static inline void ph_end(moe_engine *c, moe_phase ph, double t0, double bytes) {
     if (!c->prof) return;
@@ -42,7 +47,7 @@ static double set_bytes(const moe_kern_prod *p, int n) {
 /* a profiled product set / product */
 #define SET(ph, p, n)                                                                                                 \
     do {                                                                                                              \
-        double t0_ = ph_begin(c);                                                                                     \
+        double t0_ = ph_begin_tag(c, (ph));                                                                           \
         moe_kern_matmul_set(c->pool, (p), (n), &c->ws);                                                               \
         ph_end(c, (ph), t0_, c->prof ? set_bytes((p), (n)) : 0);                                                      \
     } while (0)
@@ -231,7 +236,7 @@ static moe_wview slice(const sliced_w *s, int64_t k) {
 
 #define MM(ph, w, x, ldx, y, ldy, T)                                                                                  \
     do {                                                                                                              \
-        double t0_ = ph_begin(c);                                                                                     \
+        double t0_ = ph_begin_tag(c, (ph));                                                                           \
         moe_kern_matmul(c->pool, (w), (x), (ldx), (y), (ldy), (T), &c->ws);                                           \
         ph_end(c, (ph), t0_, w_bytes(w));                                                                             \
     } while (0)

@@ -69,7 +69,8 @@ static void check_profile(const char *label, moe_model *m) {
     moe_engine_profile(e, 1);
     moe_kern_span spans[512];
     int64_t ends[256];
-    moe_kern_trace tr = {spans, 0, 512, ends, 0, 256, 0};
+    int tags[256];
+    moe_kern_trace tr = {spans, 0, 512, ends, 0, 256, 0, tags};
     moe_kern_set_trace(&tr);
     for (int i = 0; i < 2; i++) CHECK(moe_ctx_eval(c, &next[i], 1, NULL) == MOE_OK, "%s: profiled decode", label);
     moe_kern_set_trace(NULL);
@@ -96,17 +97,27 @@ static void check_profile(const char *label, moe_model *m) {
     for (int64_t k = 1; k < tr.n_set; k++) ordered &= ends[k] > ends[k - 1];
     CHECK(!tr.overflow && ordered && tbytes == wbytes, "%s: trace of %lld sets, %lld spans, %.0f bytes (profile %.0f)", label,
           (long long)tr.n_set, (long long)tr.n_span, tbytes, wbytes);
+    /* each set carries its phase: as many sets per phase as the profile counted calls */
+    for (int ph = 0; ph < MOE_PHASE_COUNT; ph++) {
+        if (ph == MOE_PHASE_ATTN_CORE || ph == MOE_PHASE_OTHER) continue;
+        uint64_t n = 0;
+        for (int64_t k = 0; k < tr.n_set; k++) n += tags[k] == ph;
+        CHECK(n == st[ph].calls, "%s: %llu traced sets tagged %s, the profile counted %llu calls", label, (unsigned long long)n,
+              st[ph].name, (unsigned long long)st[ph].calls);
+    }
     moe_pool *pool = moe_pool_init(2);
     for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5)
         for (size_t tile = 0; tile <= 8192; tile = tile ? tile * 8 : 128) { /* equal slices; tiles of 128 B, 1 KB, 8 KB */
             uint64_t got = 0;
-            const double dt = moe_membw_replay(pool, &tr, streams, tile, &got);
-            CHECK(dt > 0 && got == want_sum, "%s: replay with %d streams, tile %zu summed %llu, the spans hold %llu", label,
-                  streams, tile, (unsigned long long)got, (unsigned long long)want_sum);
+            double per_set[256], sum_sets = 0;
+            const double dt = moe_membw_replay(pool, &tr, streams, tile, &got, per_set);
+            for (int64_t k = 0; k < tr.n_set; k++) sum_sets += per_set[k];
+            CHECK(dt > 0 && got == want_sum && sum_sets > 0 && sum_sets <= dt, "%s: replay with %d streams, tile %zu summed %llu, the spans hold %llu (sets %.6f of %.6f s)", label,
+                  streams, tile, (unsigned long long)got, (unsigned long long)want_sum, sum_sets, dt);
         }
     moe_pool_free(pool);
     /* a trace too small for the steps says so */
-    moe_kern_trace small = {spans, 0, 4, ends, 0, 256, 0};
+    moe_kern_trace small = {spans, 0, 4, ends, 0, 256, 0, NULL};
     moe_kern_set_trace(&small);
     CHECK(moe_ctx_eval(c, &next[0], 1, NULL) == MOE_OK, "%s: traced decode", label);
     moe_kern_set_trace(NULL);

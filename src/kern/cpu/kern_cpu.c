@@ -425,7 +425,9 @@ static void set_worker(void *arg, int ith, int nth) {
 }
 
 static moe_kern_trace *g_trace;
+static int g_trace_tag;
 void moe_kern_set_trace(moe_kern_trace *t) { g_trace = t; }
+void moe_kern_trace_tag(int tag) { g_trace_tag = tag; }
 
 static void trace_set(moe_kern_trace *t, const moe_kern_prod *p, int n) {
     if (t->overflow || t->n_span + n > t->cap_span || t->n_set >= t->cap_set) {
@@ -434,6 +436,7 @@ static void trace_set(moe_kern_trace *t, const moe_kern_prod *p, int n) {
     }
     for (int k = 0; k < n; k++)
         t->span[t->n_span++] = (moe_kern_span){p[k].w->data, (size_t)p[k].w->out * p[k].w->row_bytes};
+    if (t->set_tag) t->set_tag[t->n_set] = g_trace_tag;
     t->set_end[t->n_set++] = t->n_span;
 }
 
