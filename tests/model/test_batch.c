@@ -13,7 +13,7 @@
  *    and layer, phase times that add up to the step time, and nothing once it is off;
  *  - the weight-read trace of those steps (moe_kern_set_trace, `moe bench --ceiling`) holds the
  *    same bytes, and its replay (moe_membw_replay) reads every byte once, for 1, 3 and 8 streams
- *    per thread, in equal slices and in tiles. */
+ *    per thread, in equal slices and in tiles, in every read form the machine runs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,15 +106,23 @@ static void check_profile(const char *label, moe_model *m) {
               st[ph].name, (unsigned long long)st[ph].calls);
     }
     moe_pool *pool = moe_pool_init(2);
-    for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5)
-        for (size_t tile = 0; tile <= 8192; tile = tile ? tile * 8 : 128) { /* equal slices; tiles of 128 B, 1 KB, 8 KB */
-            uint64_t got = 0;
-            double per_set[256], sum_sets = 0;
-            const double dt = moe_membw_replay(pool, &tr, streams, tile, &got, per_set);
-            for (int64_t k = 0; k < tr.n_set; k++) sum_sets += per_set[k];
-            CHECK(dt > 0 && got == want_sum && sum_sets > 0 && sum_sets <= dt, "%s: replay with %d streams, tile %zu summed %llu, the spans hold %llu (sets %.6f of %.6f s)", label,
-                  streams, tile, (unsigned long long)got, (unsigned long long)want_sum, sum_sets, dt);
-        }
+    /* every read form this machine runs (AVX-512, AVX2, plain; moe_kern_set_level refuses the others) */
+    const int top = moe_kern_level();
+    for (int lv = top; lv >= 0; lv--) {
+        moe_kern_set_level(lv);
+        if (moe_kern_level() != lv) continue;
+        for (int streams = 1; pool && streams <= 8; streams = streams == 1 ? 3 : streams + 5)
+            for (size_t tile = 0; tile <= 8192; tile = tile ? tile * 8 : 128) { /* equal slices; tiles of 128 B, 1 KB, 8 KB */
+                uint64_t got = 0;
+                double per_set[256], sum_sets = 0;
+                const double dt = moe_membw_replay(pool, &tr, streams, tile, &got, per_set);
+                for (int64_t k = 0; k < tr.n_set; k++) sum_sets += per_set[k];
+                CHECK(dt > 0 && got == want_sum && sum_sets > 0 && sum_sets <= dt,
+                      "%s: replay at level %d, %d streams, tile %zu summed %llu, the spans hold %llu (sets %.6f of %.6f s)",
+                      label, lv, streams, tile, (unsigned long long)got, (unsigned long long)want_sum, sum_sets, dt);
+            }
+    }
+    moe_kern_set_level(top);
     moe_pool_free(pool);
     /* a trace too small for the steps says so */
     moe_kern_trace small = {spans, 0, 4, ends, 0, 256, 0, NULL};
