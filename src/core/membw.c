@@ -153,36 +153,6 @@ static const uint8_t *rp_piece(rp_cur *c, const rp_job *j, size_t *n) {
     return q;
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw"))) static uint64_t rp_read_avx512(rp_cur *c, int S, const rp_job *j) {
-    const __m512i z = _mm512_setzero_si512();
-    __m512i a = z, b = z;
-    for (int any = 1; any;) {
-        any = 0;
-        for (int k = 0; k < S; k++) {
-            if (!c[k].left) continue;
-            any = 1;
-            size_t n;
-            const uint8_t *q = rp_piece(&c[k], j, &n);
-            if (n == 512) {
-                for (int l = 0; l < 8; l++) _mm_prefetch((const char *)q + 2048 + 64 * l, _MM_HINT_T0);
-                for (int l = 0; l < 8; l += 2) {
-                    a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l)), z));
-                    b = _mm512_add_epi64(b, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l + 64)), z));
-                }
-            } else {
-                for (size_t m = 0; m < n; m += 64) {
-                    const size_t r = n - m < 64 ? n - m : 64;
-                    const __mmask64 mk = r == 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1);
-                    a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(mk, q + m), z));
-                }
-            }
-        }
-    }
-    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(a, b));
-}
-#endif
-
 /* Sum of n bytes, 8 at a time: each 64-bit word adds its bytes into four 16-bit lanes (at most
  * 510 per word, so 64 words cannot overflow a lane), folded into the total every 64 words. */
 static uint64_t bytes_sum(const uint8_t *q, size_t n) {
@@ -202,30 +172,59 @@ static uint64_t bytes_sum(const uint8_t *q, size_t n) {
     return s;
 }
 
+/* The S cursors c[] in lockstep until all are done: PIECE runs for each piece (q, n) in turn; a
+ * full 512-byte piece first prefetches 2 KB ahead, as the probe does. */
+#define RP_LOCKSTEP(PIECE)                                                                                             \
+    for (int any = 1; any;) {                                                                                          \
+        any = 0;                                                                                                       \
+        for (int k = 0; k < S; k++) {                                                                                  \
+            if (!c[k].left) continue;                                                                                  \
+            any = 1;                                                                                                   \
+            size_t n;                                                                                                  \
+            const uint8_t *q = rp_piece(&c[k], j, &n);                                                                 \
+            if (n == 512)                                                                                              \
+                for (int l = 0; l < 8; l++) __builtin_prefetch(q + 2048 + 64 * l, 0, 3);                            \
+            PIECE;                                                                                                     \
+        }                                                                                                              \
+    }
+
 #if defined(__x86_64__)
-/* AVX2 (level 1): 32-byte loads summed with vpsadbw, the same 2 KB prefetch per 512-byte piece */
+/* AVX-512: 64-byte loads summed with vpsadbw (a short piece through a masked load) */
+__attribute__((target("avx512f,avx512bw"))) static uint64_t rp_read_avx512(rp_cur *c, int S, const rp_job *j) {
+    const __m512i z = _mm512_setzero_si512();
+    __m512i a = z, b = z;
+    RP_LOCKSTEP({
+        if (n == 512) {
+            for (int l = 0; l < 8; l += 2) {
+                a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l)), z));
+                b = _mm512_add_epi64(b, _mm512_sad_epu8(_mm512_loadu_si512((const void *)(q + 64 * l + 64)), z));
+            }
+        } else {
+            for (size_t m = 0; m < n; m += 64) {
+                const size_t r = n - m < 64 ? n - m : 64;
+                const __mmask64 mk = r == 64 ? ~(__mmask64)0 : (((__mmask64)1 << r) - 1);
+                a = _mm512_add_epi64(a, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(mk, q + m), z));
+            }
+        }
+    })
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(a, b));
+}
+
+/* AVX2 (level 1): 32-byte loads summed with vpsadbw (a short piece word by word) */
 __attribute__((target("avx2"))) static uint64_t rp_read_avx2(rp_cur *c, int S, const rp_job *j) {
     const __m256i z = _mm256_setzero_si256();
     __m256i a = z, b = z;
     uint64_t tail = 0;
-    for (int any = 1; any;) {
-        any = 0;
-        for (int k = 0; k < S; k++) {
-            if (!c[k].left) continue;
-            any = 1;
-            size_t n;
-            const uint8_t *q = rp_piece(&c[k], j, &n);
-            if (n == 512) {
-                for (int l = 0; l < 8; l++) _mm_prefetch((const char *)q + 2048 + 64 * l, _MM_HINT_T0);
-                for (int l = 0; l < 16; l += 2) {
-                    a = _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * l)), z));
-                    b = _mm256_add_epi64(b, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * l + 32)), z));
-                }
-            } else {
-                tail += bytes_sum(q, n);
+    RP_LOCKSTEP({
+        if (n == 512) {
+            for (int l = 0; l < 16; l += 2) {
+                a = _mm256_add_epi64(a, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * l)), z));
+                b = _mm256_add_epi64(b, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * l + 32)), z));
             }
+        } else {
+            tail += bytes_sum(q, n);
         }
-    }
+    })
     uint64_t out[4];
     _mm256_storeu_si256((__m256i *)(void *)out, _mm256_add_epi64(a, b));
     return out[0] + out[1] + out[2] + out[3] + tail;
@@ -234,18 +233,10 @@ __attribute__((target("avx2"))) static uint64_t rp_read_avx2(rp_cur *c, int S, c
 
 static uint64_t rp_read_plain(rp_cur *c, int S, const rp_job *j) {
     uint64_t s = 0;
-    for (int any = 1; any;) {
-        any = 0;
-        for (int k = 0; k < S; k++) {
-            if (!c[k].left) continue;
-            any = 1;
-            size_t n;
-            const uint8_t *q = rp_piece(&c[k], j, &n);
-            s += bytes_sum(q, n);
-        }
-    }
+    RP_LOCKSTEP(s += bytes_sum(q, n))
     return s;
 }
+#undef RP_LOCKSTEP
 
 /* the cursor at byte pos of the set (len bytes to read), walking on from span *k0, which starts
  * at byte *p0: positions asked for never decrease, so a pass over the set walks its spans once */
