@@ -257,7 +257,8 @@ void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n);
  * (rows of W floats: [c_kv (Lkv), k_pe]). Head h's query is q + h·ldq (W floats); its output
  * u + h·ldu (Lkv floats). For every head, in this order (the ref's, bit for bit at every level):
  *   s_k = (fma chain over w = 0..W−1 of cache[k][w]·q[w], from 0) · scale
- *   m = max_k s_k;  e_k = expf(s_k − m);  Σ = Σ_k e_k in double;  inv = (float)(1/Σ)
+ *   m = max_k s_k;  e_k = exp(s_k − m) by core/vexp.h (vexp_ref; 0 below VEXP_MIN = −87);
+ *   Σ = Σ_k e_k in double;  inv = (float)(1/Σ)
  *   u = fma chain over k = 0..n−1 of (e_k·inv)·cache[k][0..Lkv), from 0.
  * The result of a head does not depend on the other heads of the call. The SIMD forms keep the
  * heads in the lanes of a vector: each cache element is loaded once for all heads (the keys are
@@ -275,7 +276,7 @@ void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *sc
 void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch);
 void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch);
 /* The softmax itself in three steps: max (serial), exp of keys [k0, k1) (disjoint ranges on any
- * threads: expf is most of the softmax), then the sums in key order and p = e·inv (serial). */
+ * threads), then the sums in key order and p = e·inv (lane-parallel). */
 void moe_kern_mla_max(int hn, int64_t W, int64_t n, const float *scratch, float m[16]);
 void moe_kern_mla_exp(int hn, int64_t W, int64_t k0, int64_t k1, const float m[16], float *scratch);
 void moe_kern_mla_norm(int hn, int64_t W, int64_t n, float *scratch);

@@ -7,10 +7,11 @@
  * columns per pass (16 accumulators), the passes of one 32-column strip back to back so the
  * strip is read from memory once and from L2 for the other head group. Every
  * (head, key) score and every (head, column) output is the same fma chain as in the ref, in the
- * same order, and expf is the same scalar function: results equal moe_kern_mla_attn_ref bit for
- * bit. */
+ * same order, and the exponentials are core/vexp.h's, whose vector forms give the scalar's bits:
+ * results equal moe_kern_mla_attn_ref bit for bit. */
 #include <math.h>
 
+#include "core/vexp.h"
 #include "kern/kern.h"
 
 #if defined(__x86_64__)
@@ -28,6 +29,8 @@
         const float *c0 = cache + k * W;                                                                               \
         V a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO(), a4 = ZERO(), a5 = ZERO(), a6 = ZERO(), a7 = ZERO();      \
         for (int64_t w = 0; w < W; w++) {                                                                              \
+            if (!(w & 15) && k + 16 <= hi) /* the next 8 keys' rows, a line each per 16 columns */                     \
+                for (int r = 8; r < 16; r++) PREFETCH(c0 + r * W + w);                                                 \
             const V qv = LOAD(qt + 16 * w);                                                                            \
             a0 = FMA(SET1(c0[w]), qv, a0);                                                                             \
             a1 = FMA(SET1(c0[W + w]), qv, a1);                                                                         \
@@ -53,30 +56,48 @@
         STORE(s + 16 * k, MUL(a, vs));                                                                                 \
     }
 
-#define MLA_VALUES /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k]: 32 columns × 8 heads per pass */            \
+/* columns [lo, hi) of u_h = Σ_k p_kh · cache[k]: the keys in chunks of MLA_KC rows (in order), each
+ * chunk run over every 32-column strip and group of 8 heads with the 16 sums loaded from u and
+ * stored back, so every cache row is read once, front to back, while its chunk is in L2 (a strip
+ * at a time over all keys read each row 16 times in 128-byte pieces, 2.3 KB apart); each
+ * (head, column) is still one fma chain in key order. */
+#define MLA_KC 64
+#define MLA_VALUES                                                                                                     \
     const float *s = scratch + 16 * W;                                                                                 \
-    int64_t c = lo;                                                                                                    \
-    for (; c + 2 * VL <= hi; c += 2 * VL) /* a 32-column strip of the cache stays in L2 for every head group */         \
-        for (int hg = 0; hg < hn; hg += 8) {                                                                           \
-            const int nh = hn - hg < 8 ? hn - hg : 8;                                                                  \
-            V acc[8][2]; /* unrolled, so the 16 sums stay in registers (GCC kept the array in memory) */               \
-            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = ZERO();                        \
-            for (int64_t kk = 0; kk < n; kk++) {                                                                       \
-                const float *row = cache + kk * W + c;                                                                 \
-                const V v0 = LOAD(row), v1 = LOAD(row + VL);                                                           \
+    const int64_t cfull = lo + (hi - lo) / (2 * VL) * (2 * VL);                                                        \
+    for (int h = 0; h < hn; h++)                                                                                       \
+        for (int64_t c = lo; c < cfull; c++) u[h * ldu + c] = 0.0f;                                                    \
+    for (int64_t k0 = 0; k0 < n; k0 += MLA_KC) {                                                                       \
+        const int64_t k1 = n - k0 < MLA_KC ? n : k0 + MLA_KC;                                                          \
+        for (int64_t c = lo; c < cfull; c += 2 * VL)                                                                   \
+            for (int hg = 0; hg < hn; hg += 8) {                                                                       \
+                const int nh = hn - hg < 8 ? hn - hg : 8;                                                              \
+                V acc[8][2]; /* unrolled, so the 16 sums stay in registers (GCC kept the array in memory) */           \
                 _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                                  \
-                    const V p = SET1(s[16 * kk + hg + i]);                                                             \
-                    acc[i][0] = FMA(p, v0, acc[i][0]);                                                                 \
-                    acc[i][1] = FMA(p, v1, acc[i][1]);                                                                 \
+                    acc[i][0] = i < nh ? LOAD(u + (hg + i) * ldu + c) : ZERO();                                        \
+                    acc[i][1] = i < nh ? LOAD(u + (hg + i) * ldu + c + VL) : ZERO();                                   \
+                }                                                                                                      \
+                for (int64_t kk = k0; kk < k1; kk++) {                                                                 \
+                    const float *row = cache + kk * W + c;                                                             \
+                    if (!hg && kk + MLA_KC < n) { /* this strip of the next chunk's row */                              \
+                        PREFETCH(row + MLA_KC * W);                                                                    \
+                        PREFETCH(row + MLA_KC * W + VL);                                                               \
+                    }                                                                                                  \
+                    const V v0 = LOAD(row), v1 = LOAD(row + VL);                                                       \
+                    _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                              \
+                        const V p = SET1(s[16 * kk + hg + i]);                                                         \
+                        acc[i][0] = FMA(p, v0, acc[i][0]);                                                             \
+                        acc[i][1] = FMA(p, v1, acc[i][1]);                                                             \
+                    }                                                                                                  \
+                }                                                                                                      \
+                _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                                  \
+                    if (i >= nh) break;                                                                                \
+                    STORE(u + (hg + i) * ldu + c, acc[i][0]);                                                          \
+                    STORE(u + (hg + i) * ldu + c + VL, acc[i][1]);                                                     \
                 }                                                                                                      \
             }                                                                                                          \
-            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                                      \
-                if (i >= nh) break;                                                                                    \
-                STORE(u + (hg + i) * ldu + c, acc[i][0]);                                                              \
-                STORE(u + (hg + i) * ldu + c + VL, acc[i][1]);                                                         \
-            }                                                                                                          \
-        }                                                                                                              \
-    for (; c < hi; c++) /* columns past the last full strip */                                                         \
+    }                                                                                                                  \
+    for (int64_t c = cfull; c < hi; c++) /* columns past the last full strip */                                        \
         for (int h = 0; h < hn; h++) {                                                                                 \
             float acc = 0.0f;                                                                                          \
             for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + h], cache[kk * W + c], acc);                     \
@@ -93,6 +114,7 @@
 #define ZERO() _mm512_setzero_ps()
 #define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define MUL(a, b) _mm512_mul_ps(a, b)
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 __attribute__((target("avx2,fma,avx512f"))) static void scores_avx512(const float *cache, int64_t W, int64_t lo,
                                                                       int64_t hi, float scale, float *scratch) {
     OPS512
@@ -110,6 +132,7 @@ __attribute__((target("avx2,fma,avx512f"))) static void values_avx512(int hn, co
 #undef ZERO
 #undef FMA
 #undef MUL
+#undef PREFETCH
 
 /* AVX2: V = two __m256 (lanes 0-7, 8-15) */
 typedef struct {
@@ -133,6 +156,7 @@ A2 v2x8 v_mul(v2x8 a, v2x8 b) { return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_
 #define ZERO() v_set1(0.0f)
 #define FMA(a, b, c) v_fma(a, b, c)
 #define MUL(a, b) v_mul(a, b)
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 #define OPS2                                                                                                           \
     typedef v2x8 V;                                                                                                    \
     enum { VL = 16 };
@@ -153,6 +177,7 @@ __attribute__((target("avx2,fma"))) static void values_avx2(int hn, const float 
 #undef ZERO
 #undef FMA
 #undef MUL
+#undef PREFETCH
 #endif
 
 /* ---- the phases (kern.h); scalar forms, then dispatch ---- */
@@ -162,21 +187,105 @@ void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *sc
         for (int h = 0; h < 16; h++) scratch[w * 16 + h] = h < hn ? q[h * ldq + w] : 0.0f;
 }
 
+#if defined(__x86_64__)
+/* max and the normalization's sums over the 16 lanes at once: vmaxps(s, m) is s > m ? s : m, the
+ * ref's choice (NaN included), and each lane's double sum runs in key order, as in the ref */
+__attribute__((target("avx2,fma,avx512f"))) static void max_avx512(int64_t n, const float *s, float m[16]) {
+    __m512 a = _mm512_set1_ps(-INFINITY);
+    for (int64_t k = 0; k < n; k++) a = _mm512_max_ps(_mm512_loadu_ps(s + 16 * k), a);
+    _mm512_storeu_ps(m, a);
+}
+__attribute__((target("avx2,fma,avx512f"))) static void norm_avx512(int hn, int64_t n, float *s) {
+    __m512d lo = _mm512_setzero_pd(), hi = lo;
+    for (int64_t k = 0; k < n; k++) {
+        lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm256_loadu_ps(s + 16 * k)));
+        hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_loadu_ps(s + 16 * k + 8)));
+    }
+    double sum[16];
+    float inv[16];
+    _mm512_storeu_pd(sum, lo);
+    _mm512_storeu_pd(sum + 8, hi);
+    for (int h = 0; h < 16; h++) inv[h] = h < hn ? (float)(1.0 / sum[h]) : 0.0f;
+    const __m512 iv = _mm512_loadu_ps(inv);
+    const __mmask16 live = (__mmask16)((1u << hn) - 1); /* lanes past hn: 0, as the ref stores */
+    for (int64_t k = 0; k < n; k++) _mm512_storeu_ps(s + 16 * k, _mm512_maskz_mul_ps(live, _mm512_loadu_ps(s + 16 * k), iv));
+}
+#endif
+
 void moe_kern_mla_max(int hn, int64_t W, int64_t n, const float *scratch, float m[16]) {
     const float *s = scratch + 16 * W;
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        max_avx512(n, s, m);
+        for (int h = hn; h < 16; h++) m[h] = -INFINITY;
+        return;
+    }
+#endif
     for (int h = 0; h < 16; h++) m[h] = -INFINITY;
     for (int64_t k = 0; k < n; k++) /* key by key, v > m ? v : m, as the ref */
         for (int h = 0; h < hn; h++) m[h] = s[16 * k + h] > m[h] ? s[16 * k + h] : m[h];
 }
 
+#if defined(__x86_64__)
+/* e = exp(s − m) for the hn live lanes (core/vexp.h: 0 below VEXP_MIN and for NaN); the other
+ * lanes keep their values, as in the scalar form */
+__attribute__((target("avx2,fma,avx512f"))) static void exp_avx512(int hn, int64_t k0, int64_t k1, const float m[16],
+                                                                   float *s) {
+    const __m512 mv = _mm512_loadu_ps(m), lo = _mm512_set1_ps(VEXP_MIN);
+    const __mmask16 heads = (__mmask16)((1u << hn) - 1);
+    for (int64_t k = k0; k < k1; k++) {
+        const __m512 v = _mm512_loadu_ps(s + 16 * k), x = _mm512_sub_ps(v, mv);
+        const __mmask16 in = _mm512_mask_cmp_ps_mask(heads, x, lo, _CMP_GE_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(in, vexp16(_mm512_max_ps(x, lo)));
+        _mm512_storeu_ps(s + 16 * k, _mm512_mask_mov_ps(v, heads, e));
+    }
+}
+__attribute__((target("avx2,fma"))) static void exp_avx2(int hn, int64_t k0, int64_t k1, const float m[16], float *s) {
+    const __m256 lo = _mm256_set1_ps(VEXP_MIN);
+    for (int half = 0; half < 2; half++) {
+        if (8 * half >= hn) break;
+        const __m256 mv = _mm256_loadu_ps(m + 8 * half);
+        int32_t lanes[8];
+        for (int i = 0; i < 8; i++) lanes[i] = 8 * half + i < hn ? -1 : 0;
+        const __m256 heads = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)(const void *)lanes));
+        for (int64_t k = k0; k < k1; k++) {
+            float *p = s + 16 * k + 8 * half;
+            const __m256 v = _mm256_loadu_ps(p), x = _mm256_sub_ps(v, mv);
+            const __m256 in = _mm256_and_ps(heads, _mm256_cmp_ps(x, lo, _CMP_GE_OQ));
+            const __m256 e = _mm256_and_ps(in, vexp8(_mm256_max_ps(x, lo)));
+            _mm256_storeu_ps(p, _mm256_blendv_ps(v, e, heads));
+        }
+    }
+}
+#endif
+
 void moe_kern_mla_exp(int hn, int64_t W, int64_t k0, int64_t k1, const float m[16], float *scratch) {
     float *s = scratch + 16 * W;
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        exp_avx512(hn, k0, k1, m, s);
+        return;
+    }
+    if (moe_kern_level() == 1) {
+        exp_avx2(hn, k0, k1, m, s);
+        return;
+    }
+#endif
     for (int64_t k = k0; k < k1; k++)
-        for (int h = 0; h < hn; h++) s[16 * k + h] = expf(s[16 * k + h] - m[h]);
+        for (int h = 0; h < hn; h++) {
+            const float x = s[16 * k + h] - m[h]; /* ≤ 0 (m is the max); 0 below VEXP_MIN, as the ref */
+            s[16 * k + h] = x >= VEXP_MIN ? vexp_ref(x) : 0.0f;
+        }
 }
 
 void moe_kern_mla_norm(int hn, int64_t W, int64_t n, float *scratch) {
     float *s = scratch + 16 * W, inv[16];
+#if defined(__x86_64__)
+    if (moe_kern_level() == 2) {
+        norm_avx512(hn, n, s);
+        return;
+    }
+#endif
     double sum[16] = {0};
     for (int64_t k = 0; k < n; k++) /* in key order, as the ref */
         for (int h = 0; h < hn; h++) sum[h] += s[16 * k + h];

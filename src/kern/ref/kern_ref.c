@@ -70,7 +70,8 @@ void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cac
         }
         double sum = 0.0;
         for (int64_t k = 0; k < n; k++) {
-            s[k] = expf(s[k] - mx);
+            const float x = s[k] - mx; /* ≤ 0: core/vexp.h's exp, 0 below VEXP_MIN (and for NaN) */
+            s[k] = x >= VEXP_MIN ? vexp_ref(x) : 0.0f;
             sum += s[k];
         }
         float inv = (float)(1.0 / sum), *uh = u + h * ldu;
