@@ -163,13 +163,18 @@ static void trace_free(moe_kern_trace *t) {
     free(t);
 }
 
+static double trace_bytes(const moe_kern_trace *t) {
+    double b = 0;
+    for (int64_t i = 0; i < t->n_span; i++) b += (double)t->span[i].n;
+    return b;
+}
+
 /* one replay of trace t (the best of three read patterns), then a probe: *tg (tokens/s for
  * `tokens` tokens in the trace) and *pct, its read rate as % of the better of that probe and
  * bw_before (bytes/s); the best pattern's seconds per phase are added to ph_s */
 static void ceil_once(const moe_kern_trace *t, moe_pool *pool, moe_membw *probe, double bw_before, double tokens,
                       double *tg, double *pct, double *ph_s) {
-    double bytes = 0, dt = 0;
-    for (int64_t i = 0; i < t->n_span; i++) bytes += (double)t->span[i].n;
+    double bytes = trace_bytes(t), dt = 0;
     double *set_s = malloc(sizeof(double) * 2 * (size_t)(t->n_set > 0 ? t->n_set : 1)), *best_s = set_s + t->n_set;
     /* streams per thread and tile KB: the best patterns on the bench model (4 streams in equal
      * slices or 32-64 KB apart; 1, 2 and 8 streams and 16 KB tiles read 5-30 % slower) */
@@ -187,12 +192,6 @@ static void ceil_once(const moe_kern_trace *t, moe_pool *pool, moe_membw *probe,
     double after = moe_membw_run(probe, pool, 3), bw = after > bw_before ? after : bw_before;
     *tg = dt > 0 ? tokens / dt : 0;
     *pct = dt > 0 && bw > 0 ? 100.0 * bytes / dt / bw : 0;
-}
-
-static double trace_bytes(const moe_kern_trace *t) {
-    double b = 0;
-    for (int64_t i = 0; i < t->n_span; i++) b += (double)t->span[i].n;
-    return b;
 }
 
 typedef struct {

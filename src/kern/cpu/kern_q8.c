@@ -1141,16 +1141,28 @@ q6kr_isum(const __m512i u[8], __m512i sc0, __m512i sc1, const moe_q8a *xq, int64
  * 16-value halves), started at −32·Σx of their half (hs); then the two int8 scales of 16 rows
  * (sign-extended from the scale words) times the halves, summed exactly, and the ref's fma into
  * running sum j. NT ≤ 2 tokens per pass, for up to 2 tokens (from KR_MANY_MIN on, q6kr_many).
- * Each block prefetches the next (53 lines). */
+ * Each block prefetches the next (q6kr_block). */
+/* Block sb of a Q6_K R16 group: prefetches the next block (53 lines) and loads the 16 rows' d. */
+__attribute__((target("avx2,fma,f16c,avx512f"), always_inline)) static inline const uint8_t *
+q6kr_block(const uint8_t *g, int64_t sb, __m512 *dv) {
+    const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
+    for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
+    *dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+    return blk;
+}
+/* The ref's step of a running sum: acc + (float)isum · (d·dx), one fma. */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 q6kr_fma(__m512i isum, __m512 dv, float dx,
+                                                                                __m512 acc) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dv, _mm512_set1_ps(dx)), acc);
+}
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, const int32_t *hs) {
     const int64_t nsb = nb / 8;
     __m512 acc[2][8];
     ksum_zero(acc, NT);
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
-        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+        __m512 dv;
+        const uint8_t *blk = q6kr_block(g, sb, &dv);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             const int64_t b = sb * 8 + j;
@@ -1160,7 +1172,7 @@ q6kr_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, in
 #pragma GCC unroll 2
             for (int k = 0; k < 2; k++)
                 if (k < NT)
-                    acc[k][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)), acc[k][j]);
+                    acc[k][j] = q6kr_fma(isum[k], dv, xq[k * nb + b].d, acc[k][j]);
         }
     }
     ksum_store(acc, NT, y, ldy);
@@ -1178,8 +1190,7 @@ q6kr_tok(const __m512i u[8], __m512i sc0, __m512i sc1, __m512 dv, const moe_q8a 
     for (int k = 0; k < 2; k++)
         if (k < NT) {
             float *ap = acc[k][j];
-            _mm512_store_ps(ap, _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(dv, _mm512_set1_ps(xq[k * nb + b].d)),
-                                                _mm512_load_ps(ap)));
+            _mm512_store_ps(ap, q6kr_fma(isum[k], dv, xq[k * nb + b].d, _mm512_load_ps(ap)));
         }
 }
 
@@ -1189,9 +1200,8 @@ q6kr_many(const uint8_t *g, const moe_q8a *xq, int64_t nb, int64_t T, float *y, 
     _Alignas(64) float acc[Q4KR_TC][8][16];
     ksum_zero_many(acc, T);
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *blk = g + (size_t)sb * MOE_Q6K_R16_BLOCK;
-        for (int c = 0; c < 53; c++) _mm_prefetch((const char *)blk + MOE_Q6K_R16_BLOCK + 64 * c, _MM_HINT_T0);
-        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+        __m512 dv;
+        const uint8_t *blk = q6kr_block(g, sb, &dv);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
             const int64_t b = sb * 8 + j;
