@@ -62,6 +62,12 @@ typedef struct moe_kern_prod {
     int64_t ldx;
     float *y;           /* (T, ldy) borrowed */
     int64_t ldy, T;
+    /* NULL, or x already quantized: moe_kern_quant_act of each of the T rows, T × in/32 blocks
+     * token-major (borrowed). Only for weights with a W8A8 path (moe_kern_mmq_supported) while
+     * moe_kern_int8_enabled(); x is then not read, and the set quantizes nothing for it. Lets
+     * the caller quantize an input once for products that read it in pieces (the experts'
+     * tokens), where the set would quantize every piece as a distinct input. */
+    const moe_q8a *xq;
 } moe_kern_prod;
 /* Most products one set takes (more are run in several sets). */
 #define MOE_KERN_MAX_PRODS 256

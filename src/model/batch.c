@@ -84,6 +84,7 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         {(void **)&c->tok_nctx, B, 4},       {(void **)&c->hl, NO * D, 4},
         {(void **)&c->lo, NO * V, 4},        {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
         {(void **)&c->counts, L * zmax(E, 1), 8}, {(void **)&c->xq, B * xq_tok, sizeof(moe_q8a)},
+        {(void **)&c->hq, B * (D / 32 + 1), sizeof(moe_q8a)},
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += (parts[i].n * parts[i].es + 63) & ~(size_t)63;

@@ -100,6 +100,13 @@ typedef struct {
     const float *b;
     int64_t w;
 } swiglu_rows;
+/* hq[t] = h[t] as activation blocks (moe_kern_quant_act) */
+static void rows_quant(moe_engine *c, const void *ctx, int64_t t0, int64_t t1) {
+    const int64_t D = c->m->hp.n_embd;
+    (void)ctx;
+    for (int64_t t = t0; t < t1; t++) moe_kern_quant_act(c->h + t * D, c->hq + t * (D / 32), D);
+}
+
 static void rows_swiglu(moe_engine *c, const void *ctx, int64_t r0, int64_t r1) {
     const swiglu_rows *s = ctx;
     (void)c;
@@ -248,12 +255,12 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
                   Dk = hp->n_embd_head_k, Dv = hp->n_embd_head_v, Dn = m->dn, W = Lkv + R;
     /* h: (B, D) normed input; q (or q_a) and kv_a share one quantization of h and one job */
     if (Lq > 0) {
-        moe_kern_prod p[2] = {{&ly->q_a, c->h, D, c->qa, Lq, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, Lq), (B, W) */
+        moe_kern_prod p[2] = {{&ly->q_a, c->h, D, c->qa, Lq, B, NULL}, {&ly->kv_a, c->h, D, c->kvb, W, B, NULL}}; /* (B, Lq), (B, W) */
         SET(MOE_PHASE_ATTN_IN, p, 2);
         for (int64_t t = 0; t < B; t++) moe_kern_rmsnorm(c->qa + t * Lq, c->qa + t * Lq, ly->q_a_norm, Lq, hp->rms_eps);
         MM(MOE_PHASE_ATTN_QB, &ly->q_b, c->qa, Lq, c->q, H * Dk, B); /* (B, H·Dk) */
     } else {
-        moe_kern_prod p[2] = {{&ly->q, c->h, D, c->q, H * Dk, B}, {&ly->kv_a, c->h, D, c->kvb, W, B}}; /* (B, H·Dk), (B, W) */
+        moe_kern_prod p[2] = {{&ly->q, c->h, D, c->q, H * Dk, B, NULL}, {&ly->kv_a, c->h, D, c->kvb, W, B, NULL}}; /* (B, H·Dk), (B, W) */
         SET(MOE_PHASE_ATTN_IN, p, 2);
     }
     for (int64_t t = 0; t < B; t++) {
@@ -266,7 +273,7 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     /* all heads' k_b products as one job */
     for (int64_t hh = 0; hh < H; hh++) {
         c->wv[hh] = slice(&ly->k_b, hh);
-        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->q + hh * Dk, H * Dk, c->qt + hh * W, H * W, B};
+        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->q + hh * Dk, H * Dk, c->qt + hh * W, H * W, B, NULL};
     }
     SET(MOE_PHASE_ATTN_KB, c->prods, (int)H);
     for (int64_t t = 0; t < B; t++)
@@ -293,7 +300,7 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     /* values out of the latent: o[t][h] = v_b_h · u[t][h] */
     for (int64_t hh = 0; hh < H; hh++) {
         c->wv[hh] = slice(&ly->v_b, hh);
-        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->u + hh * Lkv, H * Lkv, c->o + hh * Dv, H * Dv, B};
+        c->prods[hh] = (moe_kern_prod){&c->wv[hh], c->u + hh * Lkv, H * Lkv, c->o + hh * Dv, H * Dv, B, NULL};
     }
     SET(MOE_PHASE_ATTN_VB, c->prods, (int)H);
     MM(MOE_PHASE_ATTN_OUT, &ly->attn_out, c->o, H * Dv, c->t0, D, B); /* (B, D) */
@@ -304,7 +311,7 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
 static void mlp(moe_engine *c, const moe_wview *gate, const moe_wview *up, const moe_wview *down, const float *in,
                 float *out, int64_t T) {
     const int64_t D = c->m->hp.n_embd, F = gate->out;
-    moe_kern_prod p[2] = {{gate, in, D, c->fa, F, T}, {up, in, D, c->fb, F, T}}; /* one job, one quantization */
+    moe_kern_prod p[2] = {{gate, in, D, c->fa, F, T, NULL}, {up, in, D, c->fb, F, T, NULL}}; /* one job, one quantization */
     SET(MOE_PHASE_DENSE_UP, p, 2);
     const swiglu_rows sw = {c->fa, c->fb, F};
     rows_par(c, T, rows_swiglu, &sw);
@@ -412,7 +419,7 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     float *fa_e = c->fa + B * FS, *fb_e = c->fb + B * FS; /* (B·K, Fe) expert slots */
     moe_kern_prod *p = c->prods;
     int np = 0;
-    p[np++] = (moe_kern_prod){&ly->gate_inp, c->h, D, c->router, E, B}; /* (B, E) */
+    p[np++] = (moe_kern_prod){&ly->gate_inp, c->h, D, c->router, E, B, NULL}; /* (B, E) */
     SET(MOE_PHASE_ROUTER, p, np);
     uint64_t *cnt = c->counts + (size_t)il * (size_t)E;
     for (int64_t e = 0; e <= E; e++) c->ex_off[e] = 0;
@@ -435,11 +442,20 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
             c->ex_w[at] = c->selw[t * K + k];
         }
     /* 2: shared gate+up, then the gate+up of every selected expert; consecutive tokens are
-     * read in place */
+     * read in place. With W8A8 weights the B rows of h are quantized once (hq) and experts
+     * take their tokens' blocks: in place when consecutive, else gathered into xe, which then
+     * holds blocks, not floats (the set would otherwise quantize every expert's rows again:
+     * B·(K+1) rows instead of B). */
+    const int pre = D % 32 == 0 && moe_kern_int8_enabled() && moe_kern_mmq_supported(ly->gate_exps.w.type) &&
+                    moe_kern_mmq_supported(ly->up_exps.w.type);
+    const int64_t nb = D / 32;
+    moe_q8a *xeq = (moe_q8a *)(void *)c->xe; /* B·K·nb blocks fit: 40 bytes per 32 values, not 128 */
+    if (pre) rows_par(c, B, rows_quant, NULL);
     np = 0;
     if (FS > 0) {
-        p[np++] = (moe_kern_prod){&ly->gate_sh, c->h, D, c->fa, FS, B}; /* (B, FS) */
-        p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B};
+        const int sq = pre && moe_kern_mmq_supported(ly->gate_sh.type) && moe_kern_mmq_supported(ly->up_sh.type);
+        p[np++] = (moe_kern_prod){&ly->gate_sh, c->h, D, c->fa, FS, B, sq ? c->hq : NULL}; /* (B, FS) */
+        p[np++] = (moe_kern_prod){&ly->up_sh, c->h, D, c->fb, FS, B, sq ? c->hq : NULL};
     }
     const int sh0 = np;
     for (int64_t e = 0; e < E; e++) {
@@ -447,16 +463,24 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         if (!n) continue; /* only selected experts are computed */
         const int32_t *toks = c->ex_tok + off;
         const float *in = c->h + (size_t)toks[0] * D;
+        const moe_q8a *inq = pre ? c->hq + (size_t)toks[0] * (size_t)nb : NULL;
         if (toks[n - 1] - toks[0] != n - 1) {
-            for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)(off + j) * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
-            in = c->xe + (size_t)off * D;
+            if (pre) {
+                for (int32_t j = 0; j < n; j++)
+                    memcpy(xeq + (size_t)(off + j) * (size_t)nb, c->hq + (size_t)toks[j] * (size_t)nb, (size_t)nb * sizeof(moe_q8a));
+                inq = xeq + (size_t)off * (size_t)nb;
+                in = NULL;
+            } else {
+                for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)(off + j) * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
+                in = c->xe + (size_t)off * D;
+            }
         }
         moe_wview *w = c->wv + 3 * (np - sh0) / 2;
         w[0] = slice(&ly->gate_exps, e);
         w[1] = slice(&ly->up_exps, e);
         w[2] = slice(&ly->down_exps, e);
-        p[np++] = (moe_kern_prod){&w[0], in, D, fa_e + (size_t)off * Fe, Fe, n}; /* (n, Fe) */
-        p[np++] = (moe_kern_prod){&w[1], in, D, fb_e + (size_t)off * Fe, Fe, n};
+        p[np++] = (moe_kern_prod){&w[0], in, D, fa_e + (size_t)off * Fe, Fe, n, inq}; /* (n, Fe) */
+        p[np++] = (moe_kern_prod){&w[1], in, D, fb_e + (size_t)off * Fe, Fe, n, inq};
     }
     SET(MOE_PHASE_EXPERTS_UP, p, np);
     if (FS > 0) {
@@ -468,11 +492,11 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     /* 3: shared down and every expert's down (the experts' views were set in step 2) */
     const int n_ex = (np - sh0) / 2;
     np = 0;
-    if (FS > 0) c->prods2[np++] = (moe_kern_prod){&ly->down_sh, c->fa, FS, c->t0, D, B}; /* (B, D) */
+    if (FS > 0) c->prods2[np++] = (moe_kern_prod){&ly->down_sh, c->fa, FS, c->t0, D, B, NULL}; /* (B, D) */
     for (int k = 0; k < n_ex; k++) {
         const moe_kern_prod *g = &p[sh0 + 2 * k];
         const int64_t off = (g->y - fa_e) / Fe;
-        c->prods2[np++] = (moe_kern_prod){&c->wv[3 * k + 2], g->y, Fe, c->ye + off * D, D, g->T}; /* (n, D) */
+        c->prods2[np++] = (moe_kern_prod){&c->wv[3 * k + 2], g->y, Fe, c->ye + off * D, D, g->T, NULL}; /* (n, D) */
     }
     SET(MOE_PHASE_EXPERTS_DOWN, c->prods2, np);
     const int shared = FS > 0;

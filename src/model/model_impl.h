@@ -62,7 +62,8 @@ struct moe_engine {
     float *qa, *q, *kvb; /* (B, Lq), (B, H·Dk), (B, Lkv+R) */
     float *qt, *u, *o;   /* (B, H, Lkv+R), (B, H, Lkv), (B, H·Dv) */
     float *fa, *fb;      /* (B, max(F, Fe·(S+K))): dense, or shared (B, Fe·S) then expert slots (B·K, Fe) */
-    float *xe, *ye;      /* (B·K, D) gathered expert inputs / expert outputs, by slot */
+    float *xe, *ye;      /* (B·K, D) gathered expert inputs (floats, or blocks: moe_ffn) / expert outputs, by slot */
+    moe_q8a *hq;         /* (B, D/32) h quantized once for the experts (W8A8 weights) */
     moe_wview *wv;       /* (max(3E, H)) per-step weight slices (heads, experts) */
     moe_kern_prod *prods, *prods2; /* (max(2E+3, H)), (E+1) product sets of one job */
     float *router;       /* (B, E) */

@@ -518,7 +518,7 @@ static void test_set(void) {
     enum { NP = 7, IN = 256, OUTMAX = 100, T = 3 };
     static float W[OUTMAX * IN], X[3][T * IN], Y[NP][T * OUTMAX], R[NP][T * OUTMAX];
     static uint8_t Q[NP][OUTMAX * IN * 4];
-    static moe_q8a XQ[NP * T * (IN / 32)];
+    static moe_q8a XQ[NP * T * (IN / 32)], PQ[NP][T * (IN / 32)];
     const int types[NP] = {MOE_DTYPE_Q8_0, MOE_DTYPE_Q8_0, MOE_DTYPE_F32, MOE_DTYPE_Q4_0, MOE_DTYPE_F16, MOE_DTYPE_Q8_0, MOE_DTYPE_Q4_0};
     const int outs[NP] = {100, 64, 40, 8, 33, 100, 16};
     const int xs[NP] = {0, 0, 0, 1, 1, 2, 1}; /* products 0-2 share input 0, 3/4/6 input 1 */
@@ -533,28 +533,42 @@ static void test_set(void) {
         size_t rb = moe_dtype_row_bytes(types[k], IN);
         for (int o = 0; o < outs[k]; o++) moe_dtype_quant_row(types[k], W + ((o * 7 + k) % OUTMAX) * IN, Q[k] + o * rb, IN);
         w[k] = (moe_wview){Q[k], types[k], IN, outs[k], rb};
-        p[k] = (moe_kern_prod){&w[k], X[xs[k]], IN, Y[k], outs[k], T};
+        p[k] = (moe_kern_prod){&w[k], X[xs[k]], IN, Y[k], outs[k], T, NULL};
         moe_kern_matmul(NULL, &w[k], X[xs[k]], IN, R[k], outs[k], T, &ws);
     }
     int ok = 1;
     for (int nth = 1; nth <= 4; nth++) {
         moe_pool *pool = moe_pool_init(nth);
-        for (int cap = 0; cap < 2; cap++) {
-            /* cap 1: room for one input at a time, so the set is split into pieces */
+        for (int cap = 0; cap < 4; cap++) {
+            /* cap 1: room for one input at a time, so the set is split into pieces; cap 2 and 3:
+             * the W8A8 products take their input already quantized (moe_kern_prod.xq, x not
+             * read), with the full and with a one-input workspace */
             moe_kern_ws w2 = ws;
-            if (cap) w2.xq_cap = T * (IN / 32);
+            if (cap & 1) w2.xq_cap = T * (IN / 32);
+            moe_kern_prod p2[NP];
+            memcpy(p2, p, sizeof p2);
+            if (cap >= 2) {
+                if (!moe_kern_int8_enabled()) continue;
+                for (int k = 0; k < NP; k++)
+                    if (moe_kern_mmq_supported(types[k])) {
+                        for (int t = 0; t < T; t++) moe_kern_quant_act(X[xs[k]] + t * IN, PQ[k] + t * (IN / 32), IN);
+                        p2[k].xq = PQ[k];
+                        p2[k].x = NULL;
+                    }
+            }
             memset(Y, 0, sizeof Y);
-            moe_kern_matmul_set(pool, p, NP, &w2);
+            moe_kern_matmul_set(pool, p2, NP, &w2);
             for (int k = 0; k < NP; k++) {
                 int same = memcmp(Y[k], R[k], sizeof(float) * T * (size_t)outs[k]) == 0;
-                CHECK(same, "set: product %d (%s) differs from alone, %d threads, small ws %d", k, moe_dtype_name(types[k]), nth, cap);
+                CHECK(same, "set: product %d (%s) differs from alone, %d threads, small ws %d, quantized input %d", k,
+                      moe_dtype_name(types[k]), nth, cap & 1, cap >= 2);
                 ok &= same;
             }
         }
         moe_pool_free(pool);
     }
     free(scratch);
-    if (ok) printf("matmul_set: 7 products (q8_0/q4_0/f32/f16, shared inputs) == alone, 1-4 threads, split workspace\n");
+    if (ok) printf("matmul_set: 7 products (q8_0/q4_0/f32/f16, shared inputs) == alone, 1-4 threads, split workspace, inputs quantized by the caller\n");
 }
 
 /* K-quants compute through the row dequantizer: the product equals float64 over dtype.c's rows */

@@ -453,7 +453,9 @@ static void run_set(moe_pool *pool, const moe_kern_prod *p, int n, const moe_ker
     size_t used = 0;
     for (int k = 0; k < n; k++) {
         j.xq[k] = NULL;
-        if (w8a8[k]) {
+        if (w8a8[k] && p[k].xq) {
+            j.xq[k] = p[k].xq;
+        } else if (w8a8[k]) {
             int same = -1;
             for (int q = 0; q < j.nq && same < 0; q++) {
                 const moe_kern_prod *o = &p[j.qp[q]];
@@ -518,9 +520,9 @@ void moe_kern_matmul_set(moe_pool *pool, const moe_kern_prod *p, int n, const mo
             size_t need = (size_t)(q->T * (q->w->in / 32));
             int shared = 0;
             for (int k = 0; k < m && !shared; k++)
-                shared = w8a8[k] && p[k].x == q->x && p[k].ldx == q->ldx && p[k].T == q->T && p[k].w->in == q->w->in;
-            w8a8[m] = int8 && moe_kern_mmq_supported(q->w->type) && need <= ws->xq_cap;
-            if (w8a8[m] && !shared) {
+                shared = w8a8[k] && !p[k].xq && p[k].x == q->x && p[k].ldx == q->ldx && p[k].T == q->T && p[k].w->in == q->w->in;
+            w8a8[m] = int8 && moe_kern_mmq_supported(q->w->type) && (q->xq || need <= ws->xq_cap);
+            if (w8a8[m] && !shared && !q->xq) {
                 if (used + need > ws->xq_cap) break;
                 used += need;
             }
@@ -533,6 +535,6 @@ void moe_kern_matmul_set(moe_pool *pool, const moe_kern_prod *p, int n, const mo
 
 void moe_kern_matmul(moe_pool *pool, const moe_wview *w, const float *x, int64_t ldx, float *y, int64_t ldy,
                      int64_t T, const moe_kern_ws *ws) {
-    moe_kern_prod p = {w, x, ldx, y, ldy, T};
+    moe_kern_prod p = {w, x, ldx, y, ldy, T, NULL};
     moe_kern_matmul_set(pool, &p, 1, ws);
 }
