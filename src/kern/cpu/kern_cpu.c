@@ -115,13 +115,13 @@ __attribute__((target("avx512f,avx2,fma"))) static void f32_rows_avx512(const fl
 /* F16 / BF16 weights, converted in registers (F16: vcvtph2ps; BF16: its 16 bits moved to the top
  * of a float, exact) instead of dequantized into a tile and read back. 4 rows and up to 2 tokens
  * at a time (more tokens: further passes over the same 4 rows, from L1); each 32 values of x are
- * loaded once for the 4 rows. Per 32 values each row prefetches the same line 4 rows on (the
- * next block's, as rows are contiguous): 1 KB ahead in its own row streamed 15 % slower, one
- * row at a time without a prefetch 35 % slower. Every (row, token) is dot_avx2's arithmetic lane
- * for lane (z0 = [s0 | s1], z1 = [s2 | s3], f32_reduce's tree, the tail by fmaf in order), so it
- * equals the tile path bit for bit. 2 threads, 32768 × 2048 F16 (docs/performance.md): T 1
- * 16 → 46 GB/s, T 3 13 → 40, T 8 8.8 → 19; 4096 × 2048 at T 512 72 → 64 ms. */
+ * loaded once for the 4 rows. Every (row, token) is dot_avx2's arithmetic lane for lane (z0 =
+ * [s0 | s1], z1 = [s2 | s3], f32_reduce's tree, the tail by fmaf in order), so it equals the
+ * tile path bit for bit. 2 threads, 32768 × 2048 (docs/performance.md): the tile path streamed
+ * one token at 16–18 GB/s, 4 neighbouring rows at a time 44–50, one row of each of 4 equal
+ * slices (half_rows_avx512) 64–72. */
 #define HALF_R 4
+#define HALF_PF 2048
 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"), always_inline)) static inline __m512 half16(const uint16_t *p,
                                                                                                     int bf) {
     const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)p);
@@ -165,36 +165,39 @@ half_block(const uint16_t *const *r, int R, const float *x, int64_t ldx, float *
     }
 }
 
-/* rows [o0, o1) of an F16 or BF16 view over T tokens */
+/* rows [o0, o1) of an F16 or BF16 view over T tokens: the rows cut into HALF_R equal slices,
+ * block b takes row b of each slice (the probe's fastest pattern: a cursor per slice, each
+ * prefetching HALF_PF bytes on, across its rows), the last (o1 − o0) mod HALF_R rows one by one */
 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void half_rows_avx512(const moe_wview *w, const float *x,
                                                                                       int64_t ldx, float *y, int64_t ldy,
                                                                                       int64_t T, int64_t o0, int64_t o1) {
     const int bf = w->type == MOE_DTYPE_BF16;
-    const size_t pf = HALF_R * w->row_bytes;
-    int64_t o = o0;
-    for (; o < o1; o += HALF_R) {
+    const int64_t q = (o1 - o0) / HALF_R;
+    for (int64_t b = 0; b < q; b++) {
         const uint16_t *r[HALF_R];
-        const int R = o1 - o < HALF_R ? (int)(o1 - o) : HALF_R;
-        for (int j = 0; j < R; j++) r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o + j) * w->row_bytes);
+        for (int j = 0; j < HALF_R; j++)
+            r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o0 + j * q + b) * w->row_bytes);
         for (int64_t t = 0; t < T; t += 2) {
             const int nt = T - t < 2 ? (int)(T - t) : 2;
-            const float *xt = x + t * ldx;
-            float *yt = y + t * ldy + o;
-            if (R == HALF_R) {
-                if (bf)
-                    half_block(r, HALF_R, xt, ldx, yt, ldy, w->in, nt, 1, pf);
-                else
-                    half_block(r, HALF_R, xt, ldx, yt, ldy, w->in, nt, 0, pf);
-            } else {
-                for (int j = 0; j < R; j++) half_block(r + j, 1, xt, ldx, yt + j, ldy, w->in, nt, bf, pf);
-            }
+            float yy[2][HALF_R];
+            if (bf)
+                half_block(r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 1, HALF_PF);
+            else
+                half_block(r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 0, HALF_PF);
+            for (int k = 0; k < nt; k++)
+                for (int j = 0; j < HALF_R; j++) y[(t + k) * ldy + o0 + j * q + b] = yy[k][j];
         }
+    }
+    for (int64_t o = o0 + HALF_R * q; o < o1; o++) {
+        const uint16_t *r = (const uint16_t *)(const void *)(w->data + (size_t)o * w->row_bytes);
+        for (int64_t t = 0; t < T; t += 2)
+            half_block(&r, 1, x + t * ldx, ldx, y + t * ldy + o, ldy, w->in, T - t < 2 ? (int)(T - t) : 2, bf, HALF_PF);
     }
 }
 
 /* half_block's AVX2 form: dot_avx2's four 8-lane sums per row (16 ymm registers: 2 rows, one
- * token per pass). AVX2 level on this machine, 2 threads, 32768 × 2048 F16: T 1 19 → 37 GB/s,
- * T 3 12 → 22, T 32 63 → 56 ms; 4096 × 2048 BF16 at T 512 the same as the tile path. */
+ * token per pass), the rows from 2 equal slices. AVX2 level on this machine, 2 threads, 32768 ×
+ * 2048 F16, tile path → in registers: T 1 19 → 57 GB/s, T 3 12 → 23. */
 #define HALF_R2 2
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline __m256 half8(const uint16_t *p, int bf) {
     const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
@@ -233,19 +236,23 @@ __attribute__((target("avx2,fma,f16c"))) static void half_rows_avx2(const moe_wv
                                                                    float *y, int64_t ldy, int64_t T, int64_t o0,
                                                                    int64_t o1) {
     const int bf = w->type == MOE_DTYPE_BF16;
-    const size_t pf = HALF_R2 * w->row_bytes;
-    for (int64_t o = o0; o < o1; o += HALF_R2) {
+    const int64_t q = (o1 - o0) / HALF_R2;
+    for (int64_t b = 0; b < q; b++) {
         const uint16_t *r[HALF_R2];
-        const int R = o1 - o < HALF_R2 ? (int)(o1 - o) : HALF_R2;
-        for (int j = 0; j < R; j++) r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o + j) * w->row_bytes);
+        for (int j = 0; j < HALF_R2; j++)
+            r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o0 + j * q + b) * w->row_bytes);
         for (int64_t t = 0; t < T; t++) {
-            if (R == HALF_R2 && bf)
-                half_block2(r, HALF_R2, x + t * ldx, y + t * ldy + o, w->in, 1, pf);
-            else if (R == HALF_R2)
-                half_block2(r, HALF_R2, x + t * ldx, y + t * ldy + o, w->in, 0, pf);
+            float yy[HALF_R2];
+            if (bf)
+                half_block2(r, HALF_R2, x + t * ldx, yy, w->in, 1, HALF_PF);
             else
-                half_block2(r, R, x + t * ldx, y + t * ldy + o, w->in, bf, pf);
+                half_block2(r, HALF_R2, x + t * ldx, yy, w->in, 0, HALF_PF);
+            for (int j = 0; j < HALF_R2; j++) y[t * ldy + o0 + j * q + b] = yy[j];
         }
+    }
+    for (int64_t o = o0 + HALF_R2 * q; o < o1; o++) {
+        const uint16_t *r = (const uint16_t *)(const void *)(w->data + (size_t)o * w->row_bytes);
+        for (int64_t t = 0; t < T; t++) half_block2(&r, 1, x + t * ldx, y + t * ldy + o, w->in, bf, HALF_PF);
     }
 }
 
