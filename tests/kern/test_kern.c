@@ -345,7 +345,7 @@ typedef struct {
 } layout_case;
 
 static void check_layout(const layout_case *lc) {
-    enum { OUT = 112, MAXT = 31 };
+    enum { OUT = 304, MAXT = 31 };
     static uint8_t wq[OUT * 2176], rp[OUT * 2176];
     static float x[MAXT * 2048], y0[MAXT * OUT], y1[MAXT * OUT], d0[2048], d1[2048];
     static moe_q8a r[MAXT * 64];
@@ -497,16 +497,17 @@ static void test_layouts(void) {
     static const int t_q8[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 31}, t_q5[] = {1, 2, 3, 4, 5, 6, 7, 9, 13},
                      t_q4k[] = {1, 2, 3, 4, 5, 9, 27};
     /* 7..73: 3 whole groups (pair + single) cut at both ends; 3..106: 5 (quad + single or two pairs +
-     * single); 9..57: 2 (one pair); 16..96: 5 whole groups exactly */
-    static const int64_t cuts[][2] = {{7, 73}, {3, 106}, {9, 57}, {16, 96}};
+     * single); 9..57: 2 (one pair); 16..96: 5 whole groups exactly; 5..300: 17 (4 quads of groups
+     * from 4 slices + single, or 8 pairs from 2 slices + single) */
+    static const int64_t cuts[][2] = {{7, 73}, {3, 106}, {9, 57}, {16, 96}, {5, 300}};
     const layout_case cases[] = {
-        {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 4, 0},
-        {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
-        {"q4_0 r16", MOE_DTYPE_Q4_0, MOE_KTYPE_Q4_0_R16, moe_kern_repack_q4_0_r16, fix_q4_0, in_q5, 4, t_q5, 9, cuts, 4, 0},
-        {"q5_1 r16", MOE_DTYPE_Q5_1, MOE_KTYPE_Q5_1_R16, moe_kern_repack_q5_1_r16, fix_q5_1, in_q5, 4, t_q5, 9, cuts, 4, 1},
-        {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
-        {"q5_k r16", MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16, fix_q5_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
-        {"q6_k r16", MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16, fix_q6_k, in_q4k, 3, t_q4k, 7, cuts, 4, 1},
+        {"r16 (q8_0)", MOE_DTYPE_Q8_0, MOE_KTYPE_Q8_0_R16, moe_kern_repack_q8_0_r16, fix_q8_0, in_q8, 4, t_q8, 16, cuts, 5, 0},
+        {"q5_0 r16", MOE_DTYPE_Q5_0, MOE_KTYPE_Q5_0_R16, moe_kern_repack_q5_0_r16, fix_q5_0, in_q5, 4, t_q5, 9, cuts, 5, 0},
+        {"q4_0 r16", MOE_DTYPE_Q4_0, MOE_KTYPE_Q4_0_R16, moe_kern_repack_q4_0_r16, fix_q4_0, in_q5, 4, t_q5, 9, cuts, 5, 0},
+        {"q5_1 r16", MOE_DTYPE_Q5_1, MOE_KTYPE_Q5_1_R16, moe_kern_repack_q5_1_r16, fix_q5_1, in_q5, 4, t_q5, 9, cuts, 5, 1},
+        {"q4_k r16", MOE_DTYPE_Q4_K, MOE_KTYPE_Q4_K_R16, moe_kern_repack_q4_k_r16, fix_q4_k, in_q4k, 3, t_q4k, 7, cuts, 5, 1},
+        {"q5_k r16", MOE_DTYPE_Q5_K, MOE_KTYPE_Q5_K_R16, moe_kern_repack_q5_k_r16, fix_q5_k, in_q4k, 3, t_q4k, 7, cuts, 5, 1},
+        {"q6_k r16", MOE_DTYPE_Q6_K, MOE_KTYPE_Q6_K_R16, moe_kern_repack_q6_k_r16, fix_q6_k, in_q4k, 3, t_q4k, 7, cuts, 5, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) check_layout(&cases[i]);
 }

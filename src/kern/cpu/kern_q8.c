@@ -598,8 +598,9 @@ static int r16_span(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, 
 
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
- * running integer sum starts at −128·Σx (the w + 128 bias). r16_multi runs G consecutive groups
- * (16·G rows, group i at g + 544·nb·i) over NT tokens, G·NT ≤ 12: each broadcast activation
+ * running integer sum starts at −128·Σx (the w + 128 bias). r16_multi runs G groups (group i
+ * at g + gs·i, its outputs at y + ys·i: neighbours, gs = 544·nb and ys = 16, or one group from
+ * each of G slices of the range, see mmq_r16_vnni) over NT tokens, G·NT ≤ 12: each broadcast activation
  * dword feeds G vpdpbusd, with G·NT integer chains, G·NT float accumulators and G weight columns
  * live (≤ 30 registers), the float sums in registers over the whole row (exact ref order).
  * Each group is one stream, read front to back in 1088-byte pairs of blocks; each pair
@@ -613,8 +614,7 @@ static int r16_span(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, 
  * from the weights cost ~20 % of the streaming rate; 1 pair or 4+ pairs ahead streamed slower. */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy, const char *nx,
-          int64_t nl) {
-    const size_t gs = (size_t)nb * 544;
+          int64_t nl, size_t gs, int64_t ys) {
     __m512 acc[4][6];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
@@ -672,12 +672,12 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
     for (int i = 0; i < 4; i++)
 #pragma GCC unroll 6
         for (int k = 0; k < 6; k++)
-            if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + 16 * i, acc[i][k]);
+            if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + ys * i, acc[i][k]);
 }
 
 /* r16_multi for G groups and n tokens (compile-time constants in every case) */
 #define R16_CASE(G, n)                                                                                                 \
-    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy, nx, nl); break;
+    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy, nx, nl, gst, ys); break;
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -704,9 +704,35 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
          * 6.3 -> 5.5 ms in a harness. */
         const int64_t ntile = (L + 5) / 6;
         int64_t o = a;
+        if (ntile == 1) {
+            /* One tile: the quad's (pair's) groups are one from each of 4 (2) equal slices of the
+             * range, so each stream runs on through its slice, group after group: the probe's
+             * fastest pattern. Neighbouring groups (one stream each, all 4 moving on together)
+             * read 11-17 % slower at T 1-3 and 18-28 % at T 4-6 (the 222 MB head, 2 threads);
+             * with several tiles the slices gained nothing (T 8-16: 0.95-0.99). */
+            const int GS = L <= 3 ? 4 : 2;
+            const int64_t q = (e - a) / (16 * GS), ys = 16 * q, t0 = s0, nl = 0;
+            const size_t gst = (size_t)q * (size_t)nb * 544;
+            const char *nx = NULL;
+            for (int64_t b = 0; b < q; b++) {
+                const uint8_t *g = w->data + (size_t)(a / 16 + b) * (size_t)nb * 544;
+                o = a + 16 * b;
+                switch (8 * GS + (int)L) {
+                R16_CASE(4, 1)
+                R16_CASE(4, 2)
+                R16_CASE(4, 3)
+                R16_CASE(2, 4)
+                R16_CASE(2, 5)
+                R16_CASE(2, 6)
+                }
+            }
+            o = a + 16 * GS * q;
+        }
         for (int G = L <= 3 ? 4 : 2; G >= 1; G /= 2)
             for (; o + 16 * G <= e; o += 16 * G) {
                 const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
+                const size_t gst = (size_t)nb * 544;
+                const int64_t ys = 16;
                 const int64_t nlines = (int64_t)G * nb * 544 / 64;
                 for (int64_t i = 0; i < ntile; i++) {
                     const int64_t t0 = s0 + L * i / ntile;
