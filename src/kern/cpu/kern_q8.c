@@ -1025,71 +1025,97 @@ R16_FORM(q5kr_vnni, qkr_rows, 1)
  * high halves, the first starting at −16·Σx), NT ≤ 6 tokens per pass; then the ref's one fma per
  * block. Each block prefetches the block six ahead (~2 KB). */
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
-q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int KIND) {
-    /* KIND 0: Q5_0 R16; 1: Q5_1 R16 (the min's F16s before qh, no −16); 2: Q4_0 R16 (no qh, −8) */
+q5r_group(const uint8_t *g, const moe_q8a *xq, int64_t nb, int NT, float *y, int64_t ldy, int KIND, int G, size_t gst,
+          int64_t ys) {
+    /* KIND 0: Q5_0 R16; 1: Q5_1 R16 (the min's F16s before qh, no −16); 2: Q4_0 R16 (no qh, −8).
+     * G groups (group i at g + gst·i, its outputs at y + ys·i), G·NT ≤ 6 */
     const int M = KIND == 1, Q4 = KIND == 2;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m10 = _mm512_set1_epi8(0x10);
     const size_t bs = Q4 ? 288 : M ? 384 : 352, hq0 = M ? 64 : 32;
-    __m512 acc[6];
-#pragma GCC unroll 6
-    for (int k = 0; k < 6; k++)
-        if (k < NT) acc[k] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = g + (size_t)b * bs;
-        for (int l = 0; l < 6; l++) _mm_prefetch((const char *)blk + 6 * bs + 64 * l, _MM_HINT_T0);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
-        const __m512i hq = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512(blk + hq0);
-        __m512i sl[6], sh[6];
+    __m512 acc[4][6];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
 #pragma GCC unroll 6
         for (int k = 0; k < 6; k++)
-            if (k < NT) {
-                sl[k] = M ? _mm512_setzero_si512() : _mm512_set1_epi32((Q4 ? -8 : -16) * xq[k * nb + b].s);
-                sh[k] = _mm512_setzero_si512();
-            }
+            if (i < G && k < NT) acc[i][k] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; c++) {
-            const __m512i q = _mm512_loadu_si512(blk + (Q4 ? 32 : hq0 + 64) + 64 * c);
-            __m512i ul = _mm512_and_si512(q, m4), uh = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            if (!Q4) {
-                ul = _mm512_or_si512(ul, _mm512_and_si512(_mm512_slli_epi32(hq, 4 - c), m10));
-                uh = _mm512_or_si512(uh, _mm512_and_si512(_mm512_srli_epi32(hq, c), m10));
-            }
+        for (int i = 0; i < 4; i++) {
+            if (i >= G) break;
+            const uint8_t *blk = g + gst * (size_t)i + (size_t)b * bs;
+            for (int l = 0; l < 6; l++) _mm_prefetch((const char *)blk + 6 * bs + 64 * l, _MM_HINT_T0);
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)blk));
+            const __m512i hq = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512(blk + hq0);
+            __m512i sl[6], sh[6];
 #pragma GCC unroll 6
             for (int k = 0; k < 6; k++)
                 if (k < NT) {
-                    const int32_t *xd = (const int32_t *)(const void *)xq[k * nb + b].q;
-                    sl[k] = _mm512_dpbusd_epi32(sl[k], ul, _mm512_set1_epi32(xd[c]));
-                    sh[k] = _mm512_dpbusd_epi32(sh[k], uh, _mm512_set1_epi32(xd[4 + c]));
+                    sl[k] = M ? _mm512_setzero_si512() : _mm512_set1_epi32((Q4 ? -8 : -16) * xq[k * nb + b].s);
+                    sh[k] = _mm512_setzero_si512();
                 }
-        }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m512i q = _mm512_loadu_si512(blk + (Q4 ? 32 : hq0 + 64) + 64 * c);
+                __m512i ul = _mm512_and_si512(q, m4), uh = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                if (!Q4) {
+                    ul = _mm512_or_si512(ul, _mm512_and_si512(_mm512_slli_epi32(hq, 4 - c), m10));
+                    uh = _mm512_or_si512(uh, _mm512_and_si512(_mm512_srli_epi32(hq, c), m10));
+                }
 #pragma GCC unroll 6
-        for (int k = 0; k < 6; k++)
-            if (k < NT)
-                acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sl[k], sh[k])), _mm512_mul_ps(dw, _mm512_set1_ps(xq[k * nb + b].d)),
-                                         acc[k]);
-        if (M) {
-            const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
+                for (int k = 0; k < 6; k++)
+                    if (k < NT) {
+                        const int32_t *xd = (const int32_t *)(const void *)xq[k * nb + b].q;
+                        sl[k] = _mm512_dpbusd_epi32(sl[k], ul, _mm512_set1_epi32(xd[c]));
+                        sh[k] = _mm512_dpbusd_epi32(sh[k], uh, _mm512_set1_epi32(xd[4 + c]));
+                    }
+            }
 #pragma GCC unroll 6
             for (int k = 0; k < 6; k++)
                 if (k < NT)
-                    acc[k] = _mm512_fmadd_ps(_mm512_set1_ps((float)xq[k * nb + b].s), _mm512_mul_ps(mw, _mm512_set1_ps(xq[k * nb + b].d)),
-                                             acc[k]);
+                    acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sl[k], sh[k])),
+                                                _mm512_mul_ps(dw, _mm512_set1_ps(xq[k * nb + b].d)), acc[i][k]);
+            if (M) {
+                const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 32)));
+#pragma GCC unroll 6
+                for (int k = 0; k < 6; k++)
+                    if (k < NT)
+                        acc[i][k] = _mm512_fmadd_ps(_mm512_set1_ps((float)xq[k * nb + b].s),
+                                                    _mm512_mul_ps(mw, _mm512_set1_ps(xq[k * nb + b].d)), acc[i][k]);
+            }
         }
     }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
 #pragma GCC unroll 6
-    for (int k = 0; k < 6; k++)
-        if (k < NT) _mm512_storeu_ps(y + k * ldy, acc[k]);
+        for (int k = 0; k < 6; k++)
+            if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + ys * i, acc[i][k]);
 }
 
 #define Q5R_CASE(n)                                                                                                    \
-    case n: q5r_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, KIND); break;
+    case n: q5r_group(g, xq + t0 * nb, nb, n, y + t0 * ldy + o, ldy, KIND, 1, 0, 16); break;
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 q5r_rows(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1, int KIND) {
     const int64_t nb = w->in / 32, ntile = (T + 5) / 6;
+    const size_t gs = (size_t)nb * (KIND == 2 ? 288 : KIND == 1 ? 384 : 352);
     int64_t a, e;
     if (!r16_span(w, xq, T, y, ldy, o0, o1, &a, &e)) return;
+    if (T <= 2) {
+        /* one group from each of 4 (2 tokens: 2) equal slices of the range per pass, as
+         * mmq_r16_vnni's quads: a stream per slice. One group at a time (one stream) decoded the
+         * Q4_0 bench model 20-33 % slower (docs/performance.md, seventh pass) */
+        const int GS = T == 1 ? 4 : 2;
+        const int64_t q = (e - a) / (16 * GS);
+        for (int64_t b = 0; b < q; b++) {
+            const uint8_t *g = w->data + (size_t)(a / 16 + b) * gs;
+            if (GS == 4)
+                q5r_group(g, xq, nb, 1, y + a + 16 * b, ldy, KIND, 4, (size_t)q * gs, 16 * q);
+            else
+                q5r_group(g, xq, nb, 2, y + a + 16 * b, ldy, KIND, 2, (size_t)q * gs, 16 * q);
+        }
+        a += 16 * GS * q;
+    }
     for (int64_t o = a; o < e; o += 16) {
-        const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * (KIND == 2 ? 288 : KIND == 1 ? 384 : 352);
+        const uint8_t *g = w->data + (size_t)(o / 16) * gs;
         for (int64_t i = 0; i < ntile; i++) { /* tiles of near-equal size, at most 6 */
             const int64_t t0 = T * i / ntile;
             switch ((int)(T * (i + 1) / ntile - t0)) {
