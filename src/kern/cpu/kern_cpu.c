@@ -52,7 +52,7 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
     return dot_reduce(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)), a, b, i, n);
 }
 
-#define F32_R 4 /* rows per block of f32_rows_avx512 */
+#define F32_R 4 /* rows per block of f32_rows_avx512 (rows_block, below) */
 /* dot_avx2's end for one (row, token): its four 8-lane accumulators are z0 = [s0 | s1] and
  * z1 = [s2 | s3] here */
 __attribute__((target("avx512f,avx2,fma"))) static inline float f32_reduce(__m512 z0, __m512 z1, const float *a,
@@ -60,56 +60,6 @@ __attribute__((target("avx512f,avx2,fma"))) static inline float f32_reduce(__m51
     const __m256 s0 = _mm512_castps512_ps256(z0), s1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z0), 1));
     const __m256 s2 = _mm512_castps512_ps256(z1), s3 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z1), 1));
     return dot_reduce(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)), a, b, i, n);
-}
-
-/* F32 rows × tokens (the F32 weights' path and dequantized tiles): F32_R rows × NT tokens at a
- * time, so a row's 64 bytes serve NT tokens and a token's serve F32_R rows, where one
- * moe_kern_dot per (row, token) loaded both for one fma and paid a call and a reduction each.
- * Every (row, token) is dot_avx2's arithmetic lane for lane: equal to moe_kern_dot bit for bit.
- * One thread, 2048 × 2048, T = 4 / 16 / 64: 1.4 / 1.8 / 1.9× the dot loop (F32), 1.4 / 1.55 /
- * 1.5× (F16 tiles); at T = 1 the dot loop streams faster, so it keeps it. */
-__attribute__((target("avx512f,avx2,fma"), always_inline)) static inline void
-f32_block(const float *const *rows, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t in, int NT) {
-    __m512 acc[F32_R][2][2];
-    const int64_t n32 = in / 32 * 32;
-#pragma GCC unroll 4
-    for (int j = 0; j < F32_R; j++)
-#pragma GCC unroll 2
-        for (int k = 0; k < 2; k++) acc[j][k][0] = acc[j][k][1] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n32; i += 32) {
-        __m512 xa[2], xb[2];
-#pragma GCC unroll 2
-        for (int k = 0; k < 2; k++) {
-            if (k >= NT) break;
-            xa[k] = _mm512_loadu_ps(x + k * ldx + i);
-            xb[k] = _mm512_loadu_ps(x + k * ldx + i + 16);
-        }
-#pragma GCC unroll 4
-        for (int j = 0; j < F32_R; j++) {
-            const __m512 wa = _mm512_loadu_ps(rows[j] + i), wb = _mm512_loadu_ps(rows[j] + i + 16);
-#pragma GCC unroll 2
-            for (int k = 0; k < 2; k++) {
-                if (k >= NT) break;
-                acc[j][k][0] = _mm512_fmadd_ps(wa, xa[k], acc[j][k][0]);
-                acc[j][k][1] = _mm512_fmadd_ps(wb, xb[k], acc[j][k][1]);
-            }
-        }
-    }
-    for (int j = 0; j < F32_R; j++)
-        for (int k = 0; k < NT; k++) y[k * ldy + j] = f32_reduce(acc[j][k][0], acc[j][k][1], rows[j], x + k * ldx, n32, in);
-}
-
-__attribute__((target("avx512f,avx2,fma"))) static void f32_rows_avx512(const float *const *rows, int64_t nr, const float *x,
-                                                                       int64_t ldx, float *y, int64_t ldy, int64_t T,
-                                                                       int64_t in) {
-    int64_t r = 0;
-    for (; r + F32_R <= nr; r += F32_R) {
-        int64_t t = 0;
-        for (; t + 2 <= T; t += 2) f32_block(rows + r, x + t * ldx, ldx, y + t * ldy + r, ldy, in, 2);
-        if (t < T) f32_block(rows + r, x + t * ldx, ldx, y + t * ldy + r, ldy, in, 1);
-    }
-    for (; r < nr; r++)
-        for (int64_t t = 0; t < T; t++) y[t * ldy + r] = dot_avx2(rows[r], x + t * ldx, in);
 }
 
 /* F16 / BF16 weights, converted in registers (F16: vcvtph2ps; BF16: its 16 bits moved to the top
@@ -128,9 +78,11 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"), always_inline)) static 
     return bf ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
 }
 
+/* R ≤ 4 rows × NT ≤ 2 tokens of F32 (kind 0: f32_rows_avx512), F16 (1) or BF16 (2) rows, the
+ * sums in dot_avx2's lanes; pf > 0: each row prefetches pf bytes on per 32 values */
 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"), always_inline)) static inline void
-half_block(const uint16_t *const *r, int R, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t in, int NT,
-           int bf, size_t pf) {
+rows_block(const void *const *rows, int R, const float *x, int64_t ldx, float *y, int64_t ldy, int64_t in, int NT,
+           int kind, size_t pf) {
     __m512 z[HALF_R][2][2];
     const int64_t n32 = in / 32 * 32;
 #pragma GCC unroll 4
@@ -148,8 +100,16 @@ half_block(const uint16_t *const *r, int R, const float *x, int64_t ldx, float *
 #pragma GCC unroll 4
         for (int j = 0; j < HALF_R; j++)
             if (j < R) {
-                _mm_prefetch((const char *)(r[j] + i) + pf, _MM_HINT_T0);
-                const __m512 wa = half16(r[j] + i, bf), wb = half16(r[j] + i + 16, bf);
+                __m512 wa, wb;
+                if (kind == 0) {
+                    wa = _mm512_loadu_ps((const float *)rows[j] + i);
+                    wb = _mm512_loadu_ps((const float *)rows[j] + i + 16);
+                } else {
+                    const uint16_t *h = (const uint16_t *)rows[j] + i;
+                    if (pf) _mm_prefetch((const char *)h + pf, _MM_HINT_T0);
+                    wa = half16(h, kind == 2);
+                    wb = half16(h + 16, kind == 2);
+                }
 #pragma GCC unroll 2
                 for (int k = 0; k < 2; k++)
                     if (k < NT) {
@@ -159,10 +119,35 @@ half_block(const uint16_t *const *r, int R, const float *x, int64_t ldx, float *
             }
     }
     for (int j = 0; j < R; j++) {
+        if (kind == 0) {
+            for (int k = 0; k < NT; k++)
+                y[k * ldy + j] = f32_reduce(z[j][k][0], z[j][k][1], (const float *)rows[j], x + k * ldx, n32, in);
+            continue;
+        }
+        const uint16_t *h = rows[j];
         float tl[32];
-        for (int64_t i = n32; i < in; i++) tl[i - n32] = bf ? moe_bf16_to_f32(r[j][i]) : moe_f16_to_f32(r[j][i]);
+        for (int64_t i = n32; i < in; i++) tl[i - n32] = kind == 2 ? moe_bf16_to_f32(h[i]) : moe_f16_to_f32(h[i]);
         for (int k = 0; k < NT; k++) y[k * ldy + j] = f32_reduce(z[j][k][0], z[j][k][1], tl, x + k * ldx + n32, 0, in - n32);
     }
+}
+
+/* F32 rows × tokens (the F32 weights' path and dequantized tiles): F32_R rows × NT tokens at a
+ * time (rows_block, kind 0), so a row's 64 bytes serve NT tokens and a token's serve F32_R rows,
+ * where one moe_kern_dot per (row, token) loaded both for one fma and paid a call and a reduction
+ * each. Every (row, token) is dot_avx2's arithmetic lane for lane: equal to moe_kern_dot bit for
+ * bit. One thread, 2048 × 2048, T = 4 / 16 / 64: 1.4 / 1.8 / 1.9× the dot loop (F32); at T = 1
+ * the dot loop streams faster, so it keeps it. */
+__attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void f32_rows_avx512(const float *const *rows, int64_t nr, const float *x,
+                                                                       int64_t ldx, float *y, int64_t ldy, int64_t T,
+                                                                       int64_t in) {
+    int64_t r = 0;
+    for (; r + F32_R <= nr; r += F32_R) {
+        int64_t t = 0;
+        for (; t + 2 <= T; t += 2) rows_block((const void *const *)(rows + r), F32_R, x + t * ldx, ldx, y + t * ldy + r, ldy, in, 2, 0, 0);
+        if (t < T) rows_block((const void *const *)(rows + r), F32_R, x + t * ldx, ldx, y + t * ldy + r, ldy, in, 1, 0, 0);
+    }
+    for (; r < nr; r++)
+        for (int64_t t = 0; t < T; t++) y[t * ldy + r] = dot_avx2(rows[r], x + t * ldx, in);
 }
 
 /* rows [o0, o1) of an F16 or BF16 view over T tokens: the rows cut into HALF_R equal slices,
@@ -181,9 +166,9 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void half_rows_
             const int nt = T - t < 2 ? (int)(T - t) : 2;
             float yy[2][HALF_R];
             if (bf)
-                half_block(r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 1, HALF_PF);
+                rows_block((const void *const *)r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 2, HALF_PF);
             else
-                half_block(r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 0, HALF_PF);
+                rows_block((const void *const *)r, HALF_R, x + t * ldx, ldx, yy[0], HALF_R, w->in, nt, 1, HALF_PF);
             for (int k = 0; k < nt; k++)
                 for (int j = 0; j < HALF_R; j++) y[(t + k) * ldy + o0 + j * q + b] = yy[k][j];
         }
@@ -191,7 +176,7 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void half_rows_
     for (int64_t o = o0 + HALF_R * q; o < o1; o++) {
         const uint16_t *r = (const uint16_t *)(const void *)(w->data + (size_t)o * w->row_bytes);
         for (int64_t t = 0; t < T; t += 2)
-            half_block(&r, 1, x + t * ldx, ldx, y + t * ldy + o, ldy, w->in, T - t < 2 ? (int)(T - t) : 2, bf, HALF_PF);
+            rows_block((const void *const *)&r, 1, x + t * ldx, ldx, y + t * ldy + o, ldy, w->in, T - t < 2 ? (int)(T - t) : 2, bf ? 2 : 1, HALF_PF);
     }
 }
 
