@@ -448,8 +448,9 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
      * B·(K+1) rows instead of B). */
     const int pre = D % 32 == 0 && moe_kern_int8_enabled() && moe_kern_mmq_supported(ly->gate_exps.w.type) &&
                     moe_kern_mmq_supported(ly->up_exps.w.type);
-    const int64_t nb = D / 32;
-    moe_q8a *xeq = (moe_q8a *)(void *)c->xe; /* B·K·nb blocks fit: 40 bytes per 32 values, not 128 */
+    /* a token's input: nb blocks of hq (40 bytes per 32 values, so B·K of them fit in xe) or D floats of h */
+    const size_t nb = (size_t)D / 32, rsz = pre ? nb * sizeof(moe_q8a) : (size_t)D * sizeof(float);
+    const char *src = pre ? (const char *)c->hq : (const char *)c->h;
     if (pre) rows_par(c, B, rows_quant, NULL);
     np = 0;
     if (FS > 0) {
@@ -462,19 +463,14 @@ static void moe_ffn(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         const int32_t off = c->ex_off[e], n = c->ex_off[e + 1] - off;
         if (!n) continue; /* only selected experts are computed */
         const int32_t *toks = c->ex_tok + off;
-        const float *in = c->h + (size_t)toks[0] * D;
-        const moe_q8a *inq = pre ? c->hq + (size_t)toks[0] * (size_t)nb : NULL;
+        const char *rows = src + (size_t)toks[0] * rsz;
         if (toks[n - 1] - toks[0] != n - 1) {
-            if (pre) {
-                for (int32_t j = 0; j < n; j++)
-                    memcpy(xeq + (size_t)(off + j) * (size_t)nb, c->hq + (size_t)toks[j] * (size_t)nb, (size_t)nb * sizeof(moe_q8a));
-                inq = xeq + (size_t)off * (size_t)nb;
-                in = NULL;
-            } else {
-                for (int32_t j = 0; j < n; j++) memcpy(c->xe + (size_t)(off + j) * D, c->h + (size_t)toks[j] * D, (size_t)D * sizeof(float));
-                in = c->xe + (size_t)off * D;
-            }
+            char *xe = (char *)(void *)c->xe;
+            for (int32_t j = 0; j < n; j++) memcpy(xe + (size_t)(off + j) * rsz, src + (size_t)toks[j] * rsz, rsz);
+            rows = xe + (size_t)off * rsz;
         }
+        const float *in = pre ? NULL : (const float *)(const void *)rows;
+        const moe_q8a *inq = pre ? (const moe_q8a *)(const void *)rows : NULL;
         moe_wview *w = c->wv + 3 * (np - sh0) / 2;
         w[0] = slice(&ly->gate_exps, e);
         w[1] = slice(&ly->up_exps, e);

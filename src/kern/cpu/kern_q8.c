@@ -675,9 +675,31 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
             if (i < G && k < NT) _mm512_storeu_ps(y + k * ldy + ys * i, acc[i][k]);
 }
 
-/* r16_multi for G groups and n tokens (compile-time constants in every case) */
+/* r16_multi for G groups and n tokens, with G and n compile-time constants in every case */
 #define R16_CASE(G, n)                                                                                                 \
-    case 8 * G + n: r16_multi(g, xq + t0 * nb, nb, G, n, y + t0 * ldy + o, ldy, nx, nl, gst, ys); break;
+    case 8 * G + n: r16_multi(g, xq, nb, G, n, y, ldy, nx, nl, gs, ys); break;
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+r16_run(int G, int n, const uint8_t *g, const moe_q8a *xq, int64_t nb, float *y, int64_t ldy, const char *nx,
+        int64_t nl, size_t gs, int64_t ys) {
+    switch (8 * G + n) {
+    R16_CASE(4, 1)
+    R16_CASE(4, 2)
+    R16_CASE(4, 3)
+    R16_CASE(2, 1)
+    R16_CASE(2, 2)
+    R16_CASE(2, 3)
+    R16_CASE(2, 4)
+    R16_CASE(2, 5)
+    R16_CASE(2, 6)
+    R16_CASE(1, 1)
+    R16_CASE(1, 2)
+    R16_CASE(1, 3)
+    R16_CASE(1, 4)
+    R16_CASE(1, 5)
+    R16_CASE(1, 6)
+    }
+}
+#undef R16_CASE
 
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"))) static void
 mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t ldy, int64_t o0, int64_t o1) {
@@ -711,28 +733,15 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
              * read 11-17 % slower at T 1-3 and 18-28 % at T 4-6 (the 222 MB head, 2 threads);
              * with several tiles the slices gained nothing (T 8-16: 0.95-0.99). */
             const int GS = L <= 3 ? 4 : 2;
-            const int64_t q = (e - a) / (16 * GS), ys = 16 * q, t0 = s0, nl = 0;
-            const size_t gst = (size_t)q * (size_t)nb * 544;
-            const char *nx = NULL;
-            for (int64_t b = 0; b < q; b++) {
-                const uint8_t *g = w->data + (size_t)(a / 16 + b) * (size_t)nb * 544;
-                o = a + 16 * b;
-                switch (8 * GS + (int)L) {
-                R16_CASE(4, 1)
-                R16_CASE(4, 2)
-                R16_CASE(4, 3)
-                R16_CASE(2, 4)
-                R16_CASE(2, 5)
-                R16_CASE(2, 6)
-                }
-            }
+            const int64_t q = (e - a) / (16 * GS);
+            for (int64_t b = 0; b < q; b++)
+                r16_run(GS, (int)L, w->data + (size_t)(a / 16 + b) * (size_t)nb * 544, xq + s0 * nb, nb,
+                        y + s0 * ldy + a + 16 * b, ldy, NULL, 0, (size_t)q * (size_t)nb * 544, 16 * q);
             o = a + 16 * GS * q;
         }
         for (int G = L <= 3 ? 4 : 2; G >= 1; G /= 2)
             for (; o + 16 * G <= e; o += 16 * G) {
                 const uint8_t *g = w->data + (size_t)(o / 16) * (size_t)nb * 544;
-                const size_t gst = (size_t)nb * 544;
-                const int64_t ys = 16;
                 const int64_t nlines = (int64_t)G * nb * 544 / 64;
                 for (int64_t i = 0; i < ntile; i++) {
                     const int64_t t0 = s0 + L * i / ntile;
@@ -743,23 +752,8 @@ mmq_r16_vnni(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, int64_t
                         nx = (const char *)g + (size_t)G * (size_t)nb * 544 + 64 * (size_t)q0;
                         nl = (q1 - q0 + nb - 1) / nb;
                     }
-                    switch (8 * G + (int)(s0 + L * (i + 1) / ntile - t0)) {
-                    R16_CASE(4, 1)
-                    R16_CASE(4, 2)
-                    R16_CASE(4, 3)
-                    R16_CASE(2, 1)
-                    R16_CASE(2, 2)
-                    R16_CASE(2, 3)
-                    R16_CASE(2, 4)
-                    R16_CASE(2, 5)
-                    R16_CASE(2, 6)
-                    R16_CASE(1, 1)
-                    R16_CASE(1, 2)
-                    R16_CASE(1, 3)
-                    R16_CASE(1, 4)
-                    R16_CASE(1, 5)
-                    R16_CASE(1, 6)
-                    }
+                    r16_run(G, (int)(s0 + L * (i + 1) / ntile - t0), g, xq + t0 * nb, nb, y + t0 * ldy + o, ldy, nx, nl,
+                            (size_t)nb * 544, 16);
                 }
             }
     }
