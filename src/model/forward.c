@@ -523,6 +523,7 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
     int64_t B = 0;
     for (int32_t i = 0; i < n_items; i++) {
         moe_seq *s = items[i].seq;
+        moe_seq_kv_ready(s, s->pos + items[i].n_tokens);
         for (int32_t k = 0; k < items[i].n_tokens; k++, B++) {
             c->tok_pos[B] = s->pos + k;
             c->tok_cache[B] = s->kv;

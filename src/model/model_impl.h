@@ -101,6 +101,7 @@ struct moe_seq {
     int32_t n_ctx, pos;
     float *kv;           /* owned mapping */
     size_t kv_bytes;
+    int32_t kv_ready;    /* cache rows [0, kv_ready) are populated in every layer (moe_seq_kv_ready) */
     int32_t step_mark;   /* scratch for moe_engine_step's "at most once" check */
 };
 
@@ -117,5 +118,8 @@ struct moe_ctx {
  * of every token of the step, (B, V) in item order; each item's `logits` (if set) receives its
  * last token's row. Advances every item's sequence. */
 void moe_engine_forward(moe_engine *e, const moe_batch_item *items, int32_t n_items, float *logits_all);
+/* Populates the cache rows [0, upto) of every layer (and some rows ahead) before a step writes
+ * them: see batch.c. Never fails; without MADV_POPULATE_WRITE the rows fault in as written. */
+void moe_seq_kv_ready(moe_seq *s, int32_t upto);
 
 #endif
