@@ -259,8 +259,15 @@ void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n);
 /* Dequantize a row (SIMD where available); same results as moe_dtype_dequant_row. */
 void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n);
 
+/* The latent cache's rows come in blocks of MOE_KV_BLOCK: row k at cache + (k / MOE_KV_BLOCK)·bs
+ * + (k % MOE_KV_BLOCK)·ldc. A plain (n, ldc) array has bs = MOE_KV_BLOCK·ldc; the engine keeps
+ * a block of every layer side by side (batch.c), so the rows in use are one prefix. */
+#define MOE_KV_BLOCK 64
+static inline const float *moe_kv_row(const float *cache, int64_t ldc, int64_t bs, int64_t k) {
+    return cache + (k / MOE_KV_BLOCK) * bs + (k % MOE_KV_BLOCK) * ldc;
+}
 /* MLA attention of one query token for hn ≤ 16 heads at once over n keys of a latent cache
- * (rows of W floats: [c_kv (Lkv), k_pe]). Head h's query is q + h·ldq (W floats); its output
+ * (rows of W floats: [c_kv (Lkv), k_pe], ldc ≥ W, laid out as above). Head h's query is q + h·ldq (W floats); its output
  * u + h·ldu (Lkv floats). For every head, in this order (the ref's, bit for bit at every level):
  *   s_k = (fma chain over w = 0..W−1 of cache[k][w]·q[w], from 0) · scale
  *   m = max_k s_k;  e_k = exp(s_k − m) by core/vexp.h (vexp_ref; 0 below VEXP_MIN = −87);
@@ -270,23 +277,23 @@ void moe_kern_dequant_row(int type, const void *src, float *dst, int64_t n);
  * heads in the lanes of a vector: each cache element is loaded once for all heads (the keys are
  * shared in MLA's latent space), instead of once per head. scratch: moe_kern_mla_scratch(W, n). */
 static inline size_t moe_kern_mla_scratch(int64_t W, int64_t n) { return (size_t)16 * (size_t)(W + n) + 16; }
-void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
-                       float scale, float *scratch, float *u, int64_t ldu);
-void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
-                           float scale, float *scratch, float *u, int64_t ldu);
+void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W,
+                       int64_t n, int64_t Lkv, float scale, float *scratch, float *u, int64_t ldu);
+void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W,
+                           int64_t n, int64_t Lkv, float scale, float *scratch, float *u, int64_t ldu);
 /* moe_kern_mla_attn in phases, so one call can be spread over threads (a single long sequence
  * decoding): prep (serial), scores of keys [k0, k1) (disjoint ranges on any threads), softmax
  * (serial), values of columns [c0, c1) (disjoint ranges; multiples of 64 keep the fast passes).
  * Every phase computes each element with the same chain as the whole call: bit-identical. */
 void moe_kern_mla_prep(const float *q, int64_t ldq, int hn, int64_t W, float *scratch);
-void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch);
+void moe_kern_mla_scores(const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch);
 void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch);
 /* The softmax itself in three steps: max (serial), exp of keys [k0, k1) (disjoint ranges on any
  * threads), then the sums in key order and p = e·inv (lane-parallel). */
 void moe_kern_mla_max(int hn, int64_t W, int64_t n, const float *scratch, float m[16]);
 void moe_kern_mla_exp(int hn, int64_t W, int64_t k0, int64_t k1, const float m[16], float *scratch);
 void moe_kern_mla_norm(int hn, int64_t W, int64_t n, float *scratch);
-void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64_t c0, int64_t c1,
+void moe_kern_mla_values(int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n, int64_t c0, int64_t c1,
                          const float *scratch, float *u, int64_t ldu);
 
 /* RMSNorm (spec deepseek2.md §4.2): sum of squares in double, y = (x·scale)·w. */

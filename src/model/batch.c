@@ -84,7 +84,7 @@ moe_status moe_engine_init(moe_model *m, const moe_engine_params *pp, moe_engine
         {(void **)&c->ex_tok, B * zmax(K, 1), 4}, {(void **)&c->ex_w, B * zmax(K, 1), 4},
         {(void **)&c->ex_off, E + 1, 4},     {(void **)&c->rope, B * R, 4},
         {(void **)&c->tok_pos, B, 4},        {(void **)&c->tok_cache, B, sizeof(float *)},
-        {(void **)&c->tok_nctx, B, 4},       {(void **)&c->hl, NO * D, 4},
+        {(void **)&c->hl, NO * D, 4},
         {(void **)&c->lo, NO * V, 4},        {(void **)&c->scratch, nth * c->scratch_per_thread, 4},
         {(void **)&c->counts, L * zmax(E, 1), 8}, {(void **)&c->xq, B * xq_tok, sizeof(moe_q8a)},
         {(void **)&c->hq, B * (D / 32 + 1), sizeof(moe_q8a)},
@@ -120,6 +120,22 @@ const char *moe_engine_errmsg(const moe_engine *e) { return e->err; }
 int moe_engine_n_threads(const moe_engine *e) { return moe_pool_n_threads(e->pool); }
 void moe_engine_parallel(moe_engine *e, void (*fn)(void *arg, int ith, int nth), void *arg) { moe_pool_run(e->pool, fn, arg); }
 
+/* A sequence's cache: blocks of MOE_KV_BLOCK positions, each holding that many rows (Lkv+R
+ * floats) of layer 0, then of layer 1, ... (kern.h's moe_kv_row: row p of layer l at
+ * kv + l·MOE_KV_BLOCK·W, then ldc = W, bs = n_layer·MOE_KV_BLOCK·W). So the part in use is one
+ * prefix of the mapping that grows with the position, while attention still reads a layer's
+ * rows in runs of 64 (147 KB at W 576). Rows of every layer side by side, position by position,
+ * made attention over 4,096 keys 16 % (4 layers) to 48 % (27 layers) slower (rows 9-62 KB
+ * apart); layer after layer, each layer's first rows take their own memory. The mapping is
+ * 2 MB-aligned with transparent huge pages: memory is committed a 2 MB page at a time, less
+ * than two blocks (moe_seq_kv_ready populates one ahead) and a page per sequence past the rows
+ * in use, and the first use of a page costs this VM ~20 µs once per 2 MB instead of once per
+ * 4 KB. */
+#define KV_HUGE ((size_t)2 << 20)
+static size_t kv_block_bytes(const moe_hparams *hp) {
+    return (size_t)hp->n_layer * MOE_KV_BLOCK * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
+}
+
 moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     const moe_hparams *hp = &e->m->hp;
     *out = NULL;
@@ -148,27 +164,37 @@ moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     s->e = e;
     s->n_ctx = n_ctx;
     s->kv_bytes = (size_t)hp->n_layer * (size_t)n_ctx * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
-    s->kv = mmap(NULL, s->kv_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (s->kv == MAP_FAILED) {
+    const size_t nblk = ((size_t)n_ctx + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK;
+    s->kv_map = (nblk * kv_block_bytes(hp) + KV_HUGE - 1) & ~(KV_HUGE - 1);
+    /* reserve a huge page more, then trim the mapping to KV_HUGE-aligned bounds */
+    char *r = mmap(NULL, s->kv_map + KV_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) {
         snprintf(e->err, sizeof e->err, "sequence: cannot reserve %.1f MB for a KV cache of %d tokens (lower --ctx)",
                  (double)s->kv_bytes / 1e6, n_ctx);
         free(s);
         return MOE_ERR_NOMEM;
     }
+    char *a = (char *)(((uintptr_t)r + KV_HUGE - 1) & ~(uintptr_t)(KV_HUGE - 1));
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (r + KV_HUGE > a) munmap(a + s->kv_map, (size_t)(r + KV_HUGE - a));
+#ifdef MADV_HUGEPAGE
+    madvise(a, s->kv_map, MADV_HUGEPAGE); /* where refused, 4 KB pages */
+#endif
+    s->kv = (float *)(void *)a;
     e->n_seq_live++;
     *out = s;
     return MOE_OK;
 }
 
-/* The cache is reserved, not committed (MAP_NORESERVE: a long context costs nothing until used),
- * so its pages used to fault in one at a time as positions advanced: a 4 KB page per ~1.8
- * positions per layer and sequence (~36 per step for a batch of 16 on the 4-layer bench
- * model, ~1,150 for a fresh 512-token prefill). On the VM we measure on, the first write to a
- * page that faulted took 36-135 µs with cold caches; to a page populated beforehand with
- * MADV_POPULATE_WRITE (Linux 5.14; ~0.8 µs a page, one call per layer) ~20 µs (the VM's cost
- * of a page's first use), 2 µs after. So each step populates its rows first, and KV_AHEAD
- * positions past them, so that populating is one call per layer every KV_AHEAD positions. */
-#define KV_AHEAD 64
+/* Populating the rows ahead (the layout is described at moe_seq_init). The cache is reserved,
+ * not committed (MAP_NORESERVE: a long context costs nothing until used). Its 4 KB pages used
+ * to fault in one at a time as positions advanced (~36 per step for a batch of 16 on the
+ * 4-layer bench model, ~1,150 for a fresh 512-token prefill). On the VM we measure on, the
+ * first write to a page that faulted took 36-135 µs with cold caches; to a page populated
+ * beforehand with MADV_POPULATE_WRITE (Linux 5.14; ~0.8 µs a page) ~20 µs (the VM's cost of a
+ * page's first use), 2 µs after; a 2 MB huge page populated beforehand costs those ~20 µs
+ * once. So each step first populates the blocks its positions fall in and one block more: one
+ * call every MOE_KV_BLOCK positions. */
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -177,25 +203,22 @@ static int g_no_populate; /* the kernel refused (older than 5.14): fault rows in
 void moe_seq_kv_ready(moe_seq *s, int32_t upto) {
     if (upto <= s->kv_ready || g_no_populate) return;
     const moe_hparams *hp = &s->e->m->hp;
-    const int32_t to = upto < s->n_ctx - KV_AHEAD ? upto + KV_AHEAD : s->n_ctx;
-    const size_t row = (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float), page = 4096;
-    const uintptr_t map0 = (uintptr_t)s->kv, map1 = (map0 + s->kv_bytes + page - 1) & ~(uintptr_t)(page - 1);
-    for (int il = 0; il < hp->n_layer; il++) {
-        const uintptr_t base = map0 + (size_t)il * (size_t)s->n_ctx * row;
-        uintptr_t a = (base + (size_t)s->kv_ready * row) & ~(uintptr_t)(page - 1),
-                  b = (base + (size_t)to * row + page - 1) & ~(uintptr_t)(page - 1);
-        b = b < map1 ? b : map1;
-        if (a < b && madvise((void *)a, b - a, MADV_POPULATE_WRITE) != 0) {
-            if (errno == EINVAL || errno == ENOSYS) g_no_populate = 1;
-            return; /* out of memory here faults as before when written; nothing is lost */
-        }
+    /* whole blocks: those holding [kv_ready, upto) and the next one */
+    const size_t bb = kv_block_bytes(hp), nblk = ((size_t)s->n_ctx + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK,
+                 b0 = (size_t)s->kv_ready / MOE_KV_BLOCK, want = ((size_t)upto + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK + 1,
+                 b1 = want < nblk ? want : nblk;
+    const uintptr_t a = (uintptr_t)s->kv + b0 * bb, b = (uintptr_t)s->kv + b1 * bb;
+    if (madvise((void *)(a & ~(uintptr_t)4095), ((b + 4095) & ~(uintptr_t)4095) - (a & ~(uintptr_t)4095),
+                MADV_POPULATE_WRITE) != 0) {
+        if (errno == EINVAL || errno == ENOSYS) g_no_populate = 1;
+        return; /* out of memory here faults as before when written; nothing is lost */
     }
-    s->kv_ready = to;
+    s->kv_ready = b1 * MOE_KV_BLOCK < (size_t)s->n_ctx ? (int32_t)(b1 * MOE_KV_BLOCK) : s->n_ctx;
 }
 
 void moe_seq_free(moe_seq *s) {
     if (!s) return;
-    munmap(s->kv, s->kv_bytes);
+    munmap(s->kv, s->kv_map);
     s->e->n_seq_live--;
     free(s);
 }

@@ -154,10 +154,15 @@ static void rope_apply(float *z, const float *cs, int R) {
     }
 }
 
-/* The cache of token t's sequence at layer il: (n_ctx, Lkv+R) floats. */
+/* The cache of token t's sequence at layer il, rows of W = Lkv+R floats in blocks of
+ * MOE_KV_BLOCK (kern.h's moe_kv_row with ldc = W and bs = kv_bs(c)): a sequence's cache holds
+ * a block of every layer side by side, block after block (batch.c) */
 static inline float *tok_layer_cache(const moe_engine *c, int64_t t, int il) {
     const moe_hparams *hp = &c->m->hp;
-    return c->tok_cache[t] + (size_t)il * (size_t)c->tok_nctx[t] * (size_t)(hp->kv_lora_rank + hp->n_rot);
+    return c->tok_cache[t] + (size_t)il * MOE_KV_BLOCK * (size_t)(hp->kv_lora_rank + hp->n_rot);
+}
+static inline int64_t kv_bs(const moe_engine *c) {
+    return (int64_t)c->m->hp.n_layer * MOE_KV_BLOCK * (c->m->hp.kv_lora_rank + c->m->hp.n_rot);
 }
 
 /* ---- attention over the latent cache: one (token, group of up to 16 heads) per work item ----
@@ -186,7 +191,7 @@ static void attn_worker(void *arg, int ith, int nth) {
         int64_t t = it / G, h0 = (it % G) * 16;
         int hn = (int)(H - h0 < 16 ? H - h0 : 16);
         /* queries [q̃ (Lkv), q_pe (R)] of heads h0.., keys at positions <= pos of t (causal) */
-        moe_kern_mla_attn(c->qt + (t * H + h0) * W, W, hn, tok_layer_cache(c, t, j->il), W, c->tok_pos[t] + 1, Lkv,
+        moe_kern_mla_attn(c->qt + (t * H + h0) * W, W, hn, tok_layer_cache(c, t, j->il), W, kv_bs(c), W, c->tok_pos[t] + 1, Lkv,
                           hp->kq_scale, sc, c->u + (t * H + h0) * Lkv, Lkv);
     }
 }
@@ -198,7 +203,7 @@ static void attn_worker(void *arg, int ith, int nth) {
 typedef struct {
     const float *cache;
     float *sc, *u;
-    int64_t W, n, Lkv;
+    int64_t ldc, bs, W, n, Lkv;
     int hn;
     float scale, m[16];
 } split_job;
@@ -206,7 +211,7 @@ typedef struct {
 static void split_scores(void *arg, int ith, int nth) {
     split_job *j = arg;
     int64_t k0 = j->n * ith / nth / 8 * 8, k1 = ith == nth - 1 ? j->n : j->n * (ith + 1) / nth / 8 * 8;
-    if (k0 < k1) moe_kern_mla_scores(j->cache, j->W, k0, k1, j->scale, j->sc);
+    if (k0 < k1) moe_kern_mla_scores(j->cache, j->ldc, j->bs, j->W, k0, k1, j->scale, j->sc);
 }
 
 static void split_exp(void *arg, int ith, int nth) {
@@ -218,13 +223,13 @@ static void split_exp(void *arg, int ith, int nth) {
 static void split_values(void *arg, int ith, int nth) {
     split_job *j = arg;
     int64_t p = j->Lkv / 64, c0 = p * ith / nth * 64, c1 = ith == nth - 1 ? j->Lkv : p * (ith + 1) / nth * 64;
-    if (c0 < c1) moe_kern_mla_values(j->hn, j->cache, j->W, j->n, c0, c1, j->sc, j->u, j->Lkv);
+    if (c0 < c1) moe_kern_mla_values(j->hn, j->cache, j->ldc, j->bs, j->W, j->n, c0, c1, j->sc, j->u, j->Lkv);
 }
 
 static void attn_split(moe_engine *c, int il, int64_t t, int64_t h0) {
     const moe_hparams *hp = &c->m->hp;
     const int64_t H = hp->n_head, Lkv = hp->kv_lora_rank, W = Lkv + hp->n_rot;
-    split_job j = {tok_layer_cache(c, t, il), c->scores, c->u + (t * H + h0) * Lkv, W, c->tok_pos[t] + 1, Lkv,
+    split_job j = {tok_layer_cache(c, t, il), c->scores, c->u + (t * H + h0) * Lkv, W, kv_bs(c), W, c->tok_pos[t] + 1, Lkv,
                    (int)(H - h0 < 16 ? H - h0 : 16), hp->kq_scale, {0}};
     moe_kern_mla_prep(c->qt + (t * H + h0) * W, W, j.hn, W, j.sc);
     moe_pool_run(c->pool, split_scores, &j);
@@ -264,7 +269,7 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         SET(MOE_PHASE_ATTN_IN, p, 2);
     }
     for (int64_t t = 0; t < B; t++) {
-        float *row = tok_layer_cache(c, t, il) + (size_t)c->tok_pos[t] * (size_t)W;
+        float *row = (float *)moe_kv_row(tok_layer_cache(c, t, il), W, kv_bs(c), c->tok_pos[t]);
         moe_kern_rmsnorm(row, c->kvb + t * W, ly->kv_a_norm, Lkv, hp->rms_eps);
         memcpy(row + Lkv, c->kvb + t * W + Lkv, (size_t)R * sizeof(float));
         rope_apply(row + Lkv, c->rope + t * R, (int)R);
@@ -527,7 +532,6 @@ void moe_engine_forward(moe_engine *c, const moe_batch_item *items, int32_t n_it
         for (int32_t k = 0; k < items[i].n_tokens; k++, B++) {
             c->tok_pos[B] = s->pos + k;
             c->tok_cache[B] = s->kv;
-            c->tok_nctx[B] = s->n_ctx;
             const int32_t tok = items[i].tokens[k];
             moe_kern_dequant_row(m->tok_embd.type, m->tok_embd.data + (size_t)tok * m->tok_embd.row_bytes, c->x + B * D, D);
         }

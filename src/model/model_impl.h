@@ -75,7 +75,6 @@ struct moe_engine {
     float *rope;         /* (B, R): cos/sin pairs per token */
     int32_t *tok_pos;    /* (B) position of each token of the step */
     float **tok_cache;   /* (B) KV cache base of each token's sequence */
-    int32_t *tok_nctx;   /* (B) that sequence's n_ctx (layer stride) */
     float *hl;           /* (n_out, D) normed last rows of the items that want logits */
     float *lo;           /* (n_out, V) their logits */
     float *scratch;      /* (n_threads, scratch_per_thread) */
@@ -99,9 +98,9 @@ struct moe_engine {
 struct moe_seq {
     moe_engine *e;       /* borrowed */
     int32_t n_ctx, pos;
-    float *kv;           /* owned mapping */
-    size_t kv_bytes;
-    int32_t kv_ready;    /* cache rows [0, kv_ready) are populated in every layer (moe_seq_kv_ready) */
+    float *kv;           /* owned mapping (kv_map bytes): blocks of MOE_KV_BLOCK rows of every layer (batch.c) */
+    size_t kv_bytes, kv_map;
+    int32_t kv_ready;    /* positions [0, kv_ready) are populated (moe_seq_kv_ready) */
     int32_t step_mark;   /* scratch for moe_engine_step's "at most once" check */
 };
 

@@ -238,11 +238,14 @@ static void test_w8a8(void) {
 
 /* MLA attention (moe_kern_mla_attn): every level equals the ref bit for bit (1..16 heads, key
  * counts around the 8-key pass and past the 64-key chunks of the values, latent widths with and
- * without a partial column pass, exponents below VEXP_MIN), and the
+ * without a partial column pass, exponents below VEXP_MIN, caches as one (n, W) array, in
+ * blocks of MOE_KV_BLOCK rows 3 blocks apart (the engine's layers side by side) and with rows
+ * of W + 5 floats in blocks 77 floats apart (unaligned), every gap holding NaN; key ranges of
+ * the phases cut inside blocks), and the
  * ref is a softmax-weighted sum within float rounding of a float64 evaluation. */
 static void test_mla_attn(void) {
     enum { NMAX = 300, WMAX = 576 };
-    static float q[16 * WMAX], cache[NMAX * WMAX], u0[16 * 512], u1[16 * 512], sc[16 * (WMAX + NMAX) + 16];
+    static float q[16 * WMAX], cache[2 * NMAX * WMAX], u0[16 * 512], u1[16 * 512], sc[16 * (WMAX + NMAX) + 16];
     const int hns[] = {1, 3, 4, 8, 12, 16};
     const int64_t shapes[][2] = {{512, 64}, {80, 16}, {64, 32}}; /* Lkv, rope dims */
     const int64_t ns[] = {1, 7, 8, 9, 64, 300};
@@ -252,26 +255,30 @@ static void test_mla_attn(void) {
         for (size_t hi = 0; hi < 6; hi++)
             for (size_t ni = 0; ni < 6; ni++) {
                 const int64_t Lkv = shapes[si][0], W = Lkv + shapes[si][1], n = ns[ni];
+                const int64_t ldc = si == 2 ? W + 5 : W,
+                              bs = si == 1 ? 3 * MOE_KV_BLOCK * W : si == 2 ? MOE_KV_BLOCK * ldc + 77 : MOE_KV_BLOCK * W;
                 const int hn = hns[hi];
                 /* n = 64: a peaked softmax; n = 300: scores hundreds apart, so most exponents fall below
                  * VEXP_MIN (0 there) */
                 for (int64_t i = 0; i < 16 * W; i++) q[i] = frand() * (ni == 4 ? 8.0f : ni == 5 ? 200.0f : 1.0f);
-                for (int64_t i = 0; i < n * W; i++) cache[i] = frand();
+                for (size_t i = 0; i < sizeof cache / sizeof cache[0]; i++) cache[i] = NAN;
+                for (int64_t k = 0; k < n; k++)
+                    for (int64_t w = 0; w < W; w++) ((float *)moe_kv_row(cache, ldc, bs, k))[w] = frand();
                 const float scale = 1.0f / sqrtf((float)W);
-                moe_kern_mla_attn_ref(q, W, hn, cache, W, n, Lkv, scale, sc, u0, Lkv);
+                moe_kern_mla_attn_ref(q, W, hn, cache, ldc, bs, W, n, Lkv, scale, sc, u0, Lkv);
                 for (int l = top; l >= 0; l--) {
                     if (!use_level(l)) continue;
                     memset(u1, 0, sizeof u1);
-                    moe_kern_mla_attn(q, W, hn, cache, W, n, Lkv, scale, sc, u1, Lkv);
+                    moe_kern_mla_attn(q, W, hn, cache, ldc, bs, W, n, Lkv, scale, sc, u1, Lkv);
                     CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,
                           "mla_attn level %d (hn %d, Lkv %lld, n %lld) differs from ref", l, hn, (long long)Lkv, (long long)n);
                     /* the same call in phases over split ranges (keys cut at 5 and n/2, columns at 64) */
                     memset(u1, 0, sizeof u1);
                     moe_kern_mla_prep(q, W, hn, W, sc);
                     const int64_t ka = n < 5 ? n : 5, kb = n / 2 > ka ? n / 2 : ka, cm = Lkv < 64 ? Lkv : 64;
-                    moe_kern_mla_scores(cache, W, kb, n, scale, sc);
-                    moe_kern_mla_scores(cache, W, 0, ka, scale, sc);
-                    moe_kern_mla_scores(cache, W, ka, kb, scale, sc);
+                    moe_kern_mla_scores(cache, ldc, bs, W, kb, n, scale, sc);
+                    moe_kern_mla_scores(cache, ldc, bs, W, 0, ka, scale, sc);
+                    moe_kern_mla_scores(cache, ldc, bs, W, ka, kb, scale, sc);
                     float m16[16];
                     static float pre[16 * NMAX];
                     moe_kern_mla_max(hn, W, n, sc, m16);
@@ -287,8 +294,8 @@ static void test_mla_attn(void) {
                         }
                     CHECK(same_e, "mla exp level %d (hn %d, n %lld) differs from vexp_ref", l, hn, (long long)n);
                     moe_kern_mla_norm(hn, W, n, sc);
-                    moe_kern_mla_values(hn, cache, W, n, cm, Lkv, sc, u1, Lkv);
-                    moe_kern_mla_values(hn, cache, W, n, 0, cm, sc, u1, Lkv);
+                    moe_kern_mla_values(hn, cache, ldc, bs, W, n, cm, Lkv, sc, u1, Lkv);
+                    moe_kern_mla_values(hn, cache, ldc, bs, W, n, 0, cm, sc, u1, Lkv);
                     CHECK(memcmp(u0, u1, sizeof(float) * (size_t)(hn * Lkv)) == 0,
                           "mla phases level %d (hn %d, Lkv %lld, n %lld) differ from ref", l, hn, (long long)Lkv, (long long)n);
                 }
@@ -304,20 +311,20 @@ static void test_mla_attn(void) {
                     double s[NMAX], m = -1e300, z = 0;
                     for (int64_t k = 0; k < n; k++) {
                         double a = 0;
-                        for (int64_t w = 0; w < W; w++) a += (double)cache[k * W + w] * q[h * W + w];
+                        for (int64_t w = 0; w < W; w++) a += (double)moe_kv_row(cache, ldc, bs, k)[w] * q[h * W + w];
                         s[k] = a * scale;
                         m = fmax(m, s[k]);
                     }
                     for (int64_t k = 0; k < n; k++) z += (s[k] = exp(s[k] - m));
                     for (int64_t c = 0; c < Lkv; c++) {
                         double e = 0;
-                        for (int64_t k = 0; k < n; k++) e += s[k] / z * cache[k * W + c];
+                        for (int64_t k = 0; k < n; k++) e += s[k] / z * moe_kv_row(cache, ldc, bs, k)[c];
                         worst = fmax(worst, fabs(e - u0[h * Lkv + c]));
                     }
                 }
             }
     CHECK(worst < 1e-5, "mla_attn ref vs float64: %.3e", worst);
-    printf("mla_attn: levels %d..0, whole and in split phases, bit-identical to ref (1-16 heads, 1-300 keys, Lkv 512/80/64); "
+    printf("mla_attn: levels %d..0, whole and in split phases, bit-identical to ref (1-16 heads, 1-300 keys, Lkv 512/80/64, plain and blocked caches); "
            "ref vs float64 %.2e\n", top,
            worst);
 }

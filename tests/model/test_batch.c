@@ -506,18 +506,21 @@ static void check_load_progress(const char *label) {
     moe_model_close(m);
 }
 
-/* Cache rows are populated ahead of the positions a step writes (moe_seq_kv_ready): after a
- * one-token step every layer's pages up to row 1 + KV_AHEAD are resident, pages far past them
- * are not (only the rows needed, not the whole reservation), and the logits do not depend on
- * it. Where the kernel has no MADV_POPULATE_WRITE (before Linux 5.14) rows still fault in as
- * written, which the test accepts after checking that the kernel refuses the call. */
+/* Cache rows are populated ahead of the positions a step writes (moe_seq_kv_ready): the cache
+ * is a 2 MB-aligned run of blocks of MOE_KV_BLOCK positions (every layer's rows of them), asking
+ * for huge pages; after a one-token step the first two blocks are resident (the one written
+ * and the next), the blocks past them are not (only the prefix in use, not the whole
+ * reservation), and a prefill past them populates the blocks it writes and one more. Where
+ * the kernel has no MADV_POPULATE_WRITE (before Linux 5.14) rows still fault in as written,
+ * which the test accepts after checking that the kernel refuses the call. */
 static int resident(const void *p, size_t n) { /* every page of [p, p + n) */
     const uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095, e = ((uintptr_t)p + n + 4095) & ~(uintptr_t)4095;
-    unsigned char v[256];
-    if ((e - a) / 4096 > sizeof v || mincore((void *)a, e - a, v)) return -1;
-    for (size_t i = 0; i < (e - a) / 4096; i++)
-        if (!(v[i] & 1)) return 0;
-    return 1;
+    unsigned char *v = malloc((e - a) / 4096);
+    int all = v && !mincore((void *)a, e - a, v) ? 1 : -1;
+    for (size_t i = 0; all == 1 && i < (e - a) / 4096; i++)
+        if (!(v[i] & 1)) all = 0;
+    free(v);
+    return all;
 }
 static void check_kv_ready(const char *label) {
     char path[1024], err[512];
@@ -534,36 +537,59 @@ static void check_kv_ready(const char *label) {
     moe_engine *e = NULL;
     CHECK(moe_engine_init(m, &ep, &e, err, sizeof err) == MOE_OK, "%s: engine (kv): %s", label, err);
     moe_seq *s = NULL;
-    const int32_t n_ctx = 1024;
+    const int32_t n_ctx = 4096;
     if (e) CHECK(moe_seq_init(e, n_ctx, &s) == MOE_OK, "%s: seq (kv): %s", label, moe_engine_errmsg(e));
     if (s) {
-        const size_t row = (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
+        const size_t bb = (size_t)hp->n_layer * MOE_KV_BLOCK * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
+        /* the first whole page of block k */
+#define BLOCK_PAGE(k) ((const char *)s->kv + (((k) * bb + 4095) & ~(size_t)4095))
+        CHECK(((uintptr_t)s->kv & ((2u << 20) - 1)) == 0, "%s: cache at %p, want 2 MB alignment", label, (void *)s->kv);
+        CHECK(s->kv_map >= s->kv_bytes && s->kv_map % (2u << 20) == 0, "%s: mapping of %zu bytes", label, s->kv_map);
+        CHECK((size_t)(BLOCK_PAGE(7) - (const char *)s->kv) + 4096 <= s->kv_map, "%s: a 4096-token cache has 7 blocks", label);
         CHECK(resident(s->kv, 4096) == 0, "%s: a fresh cache is only reserved", label);
+        /* huge pages asked for (unless the system has them off): /proc/self/smaps's entry of the cache */
+        char thp[64] = "";
+        FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+        if (f) {
+            if (!fgets(thp, sizeof thp, f)) thp[0] = 0;
+            fclose(f);
+        }
+        if (thp[0] && !strstr(thp, "[never]")) {
+            f = fopen("/proc/self/smaps", "r");
+            char line[256], want[32];
+            snprintf(want, sizeof want, "%lx-", (unsigned long)(uintptr_t)s->kv);
+            int in = 0, eligible = -1;
+            while (f && fgets(line, sizeof line, f)) {
+                if (strchr(line, '-') && strchr(line, ':') && line[0] != ' ' && strncmp(line, "THP", 3)) in = !strncmp(line, want, strlen(want));
+                if (in && !strncmp(line, "THPeligible:", 12)) eligible = atoi(line + 12);
+            }
+            if (f) fclose(f);
+            CHECK(eligible != 0, "%s: cache mapping not eligible for huge pages (THPeligible %d; -1: no such line)", label, eligible);
+        }
+        /* 4 KB pages from here, so that residency shows what was populated, not a huge page's fault */
+        madvise(s->kv, s->kv_map, MADV_NOHUGEPAGE);
         const int32_t tok = 5;
         float *lg = malloc(sizeof(float) * (size_t)hp->n_vocab);
         moe_batch_item it = {s, &tok, 1, lg};
         CHECK(moe_engine_step(e, &it, 1) == MOE_OK, "%s: step (kv)", label);
         if (can) {
-            CHECK(s->kv_ready == 65, "%s: rows populated %d, want 1 + 64 ahead", label, s->kv_ready);
-            for (int il = 0; il < hp->n_layer; il++) {
-                const char *base = (const char *)s->kv + (size_t)il * (size_t)n_ctx * row;
-                CHECK(resident(base, 65 * row) == 1, "%s: layer %d rows 0-64 resident", label, il);
-                CHECK(resident(base + 900 * row, row) == 0, "%s: layer %d row 900 not populated", label, il);
-            }
-            /* a prefill past the rows ahead populates what it writes */
-            int32_t toks[100];
-            for (int i = 0; i < 100; i++) toks[i] = (i * 7 + 3) % hp->n_vocab;
-            moe_batch_item it2 = {s, toks, 100, lg};
+            CHECK(s->kv_ready == 2 * MOE_KV_BLOCK, "%s: rows populated %d, want 2 blocks", label, s->kv_ready);
+            CHECK(resident(s->kv, 2 * bb) == 1, "%s: blocks 0-1 resident", label);
+            CHECK(resident(BLOCK_PAGE(3), 4096) == 0, "%s: block 3 not populated", label);
+            /* a prefill past them populates the blocks it writes and the next */
+            int32_t toks[200];
+            for (int i = 0; i < 200; i++) toks[i] = (i * 7 + 3) % hp->n_vocab;
+            moe_batch_item it2 = {s, toks, 200, lg};
             CHECK(moe_engine_step(e, &it2, 1) == MOE_OK, "%s: prefill (kv)", label);
-            CHECK(s->kv_ready == 165, "%s: rows populated %d after 101 (want 101 + 64 ahead)", label, s->kv_ready);
-            for (int il = 0; il < hp->n_layer; il++)
-                CHECK(resident((const char *)s->kv + (size_t)il * (size_t)n_ctx * row, 101 * row) == 1,
-                      "%s: layer %d rows 0-100 resident", label, il);
+            CHECK(s->kv_ready == 5 * MOE_KV_BLOCK, "%s: rows populated %d after 201, want 5 blocks", label, s->kv_ready);
+            CHECK(resident(s->kv, 5 * bb) == 1, "%s: blocks 0-4 resident", label);
+            CHECK(resident(BLOCK_PAGE(6), 4096) == 0, "%s: block 6 not populated", label);
         } else {
             printf("%-10s cache rows fault in as written: this kernel has no MADV_POPULATE_WRITE\n", label);
         }
         free(lg);
         moe_seq_free(s);
+#undef BLOCK_PAGE
     }
     moe_engine_free(e);
     moe_model_close(m);

@@ -25,21 +25,28 @@
     float *s = scratch + 16 * W;                                                                                       \
     const V vs = SET1(scale);                                                                                          \
     int64_t k = lo;                                                                                                    \
-    for (; k + 8 <= hi; k += 8) { /* 8 keys: 8 independent chains over w */                                            \
-        const float *c0 = cache + k * W;                                                                               \
+    for (; k + 8 <= hi; k += 8) { /* 8 keys of one block: 8 independent chains over w */                               \
+        if (k % MOE_KV_BLOCK > MOE_KV_BLOCK - 8) { /* a group across two blocks (lo not a multiple of 8) */            \
+            MLA_SCORE1(k);                                                                                             \
+            k -= 7;                                                                                                    \
+            continue;                                                                                                  \
+        }                                                                                                              \
+        const float *c0 = moe_kv_row(cache, ldc, bs, k);                                                               \
+        /* the next 8 keys' rows, a line each per 16 columns (in the next block after its last group) */              \
+        const float *pf = (k + 8) % MOE_KV_BLOCK ? c0 + 8 * ldc : moe_kv_row(cache, ldc, bs, k + 8);                   \
         V a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO(), a4 = ZERO(), a5 = ZERO(), a6 = ZERO(), a7 = ZERO();      \
         for (int64_t w = 0; w < W; w++) {                                                                              \
-            if (!(w & 15) && k + 16 <= hi) /* the next 8 keys' rows, a line each per 16 columns */                     \
-                for (int r = 8; r < 16; r++) PREFETCH(c0 + r * W + w);                                                 \
+            if (!(w & 15) && k + 16 <= hi)                                                                             \
+                for (int r = 0; r < 8; r++) PREFETCH(pf + r * ldc + w);                                                \
             const V qv = LOAD(qt + 16 * w);                                                                            \
             a0 = FMA(SET1(c0[w]), qv, a0);                                                                             \
-            a1 = FMA(SET1(c0[W + w]), qv, a1);                                                                         \
-            a2 = FMA(SET1(c0[2 * W + w]), qv, a2);                                                                     \
-            a3 = FMA(SET1(c0[3 * W + w]), qv, a3);                                                                     \
-            a4 = FMA(SET1(c0[4 * W + w]), qv, a4);                                                                     \
-            a5 = FMA(SET1(c0[5 * W + w]), qv, a5);                                                                     \
-            a6 = FMA(SET1(c0[6 * W + w]), qv, a6);                                                                     \
-            a7 = FMA(SET1(c0[7 * W + w]), qv, a7);                                                                     \
+            a1 = FMA(SET1(c0[ldc + w]), qv, a1);                                                                         \
+            a2 = FMA(SET1(c0[2 * ldc + w]), qv, a2);                                                                     \
+            a3 = FMA(SET1(c0[3 * ldc + w]), qv, a3);                                                                     \
+            a4 = FMA(SET1(c0[4 * ldc + w]), qv, a4);                                                                     \
+            a5 = FMA(SET1(c0[5 * ldc + w]), qv, a5);                                                                     \
+            a6 = FMA(SET1(c0[6 * ldc + w]), qv, a6);                                                                     \
+            a7 = FMA(SET1(c0[7 * ldc + w]), qv, a7);                                                                     \
         }                                                                                                              \
         STORE(s + 16 * k, MUL(a0, vs));                                                                                \
         STORE(s + 16 * (k + 1), MUL(a1, vs));                                                                          \
@@ -50,18 +57,22 @@
         STORE(s + 16 * (k + 6), MUL(a6, vs));                                                                          \
         STORE(s + 16 * (k + 7), MUL(a7, vs));                                                                          \
     }                                                                                                                  \
-    for (; k < hi; k++) {                                                                                              \
+    for (; k < hi; k++) MLA_SCORE1(k);
+/* one key's scores */
+#define MLA_SCORE1(k)                                                                                                  \
+    do {                                                                                                               \
+        const float *c1_ = moe_kv_row(cache, ldc, bs, (k));                                                            \
         V a = ZERO();                                                                                                  \
-        for (int64_t w = 0; w < W; w++) a = FMA(SET1(cache[k * W + w]), LOAD(qt + 16 * w), a);                        \
-        STORE(s + 16 * k, MUL(a, vs));                                                                                 \
-    }
+        for (int64_t w = 0; w < W; w++) a = FMA(SET1(c1_[w]), LOAD(qt + 16 * w), a);                                   \
+        STORE(s + 16 * (k), MUL(a, vs));                                                                               \
+    } while (0)
 
 /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k]: the keys in chunks of MLA_KC rows (in order), each
  * chunk run over every 32-column strip and group of 8 heads with the 16 sums loaded from u and
  * stored back, so every cache row is read once, front to back, while its chunk is in L2 (a strip
  * at a time over all keys read each row 16 times in 128-byte pieces, 2.3 KB apart); each
  * (head, column) is still one fma chain in key order. */
-#define MLA_KC 64
+#define MLA_KC MOE_KV_BLOCK
 #define MLA_VALUES                                                                                                     \
     const float *s = scratch + 16 * W;                                                                                 \
     const int64_t cfull = lo + (hi - lo) / (2 * VL) * (2 * VL);                                                        \
@@ -69,6 +80,7 @@
         for (int64_t c = lo; c < cfull; c++) u[h * ldu + c] = 0.0f;                                                    \
     for (int64_t k0 = 0; k0 < n; k0 += MLA_KC) {                                                                       \
         const int64_t k1 = n - k0 < MLA_KC ? n : k0 + MLA_KC;                                                          \
+        const float *blk = moe_kv_row(cache, ldc, bs, k0); /* a chunk is one block of rows */                          \
         for (int64_t c = lo; c < cfull; c += 2 * VL)                                                                   \
             for (int hg = 0; hg < hn; hg += 8) {                                                                       \
                 const int nh = hn - hg < 8 ? hn - hg : 8;                                                              \
@@ -78,10 +90,10 @@
                     acc[i][1] = i < nh ? LOAD(u + (hg + i) * ldu + c + VL) : ZERO();                                   \
                 }                                                                                                      \
                 for (int64_t kk = k0; kk < k1; kk++) {                                                                 \
-                    const float *row = cache + kk * W + c;                                                             \
+                    const float *row = blk + (kk - k0) * ldc + c;                                                      \
                     if (!hg && kk + MLA_KC < n) { /* this strip of the next chunk's row */                              \
-                        PREFETCH(row + MLA_KC * W);                                                                    \
-                        PREFETCH(row + MLA_KC * W + VL);                                                               \
+                        PREFETCH(row + bs);                                                                            \
+                        PREFETCH(row + bs + VL);                                                                       \
                     }                                                                                                  \
                     const V v0 = LOAD(row), v1 = LOAD(row + VL);                                                       \
                     _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                                              \
@@ -100,7 +112,7 @@
     for (int64_t c = cfull; c < hi; c++) /* columns past the last full strip */                                        \
         for (int h = 0; h < hn; h++) {                                                                                 \
             float acc = 0.0f;                                                                                          \
-            for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + h], cache[kk * W + c], acc);                     \
+            for (int64_t kk = 0; kk < n; kk++) acc = fmaf(s[16 * kk + h], moe_kv_row(cache, ldc, bs, kk)[c], acc);      \
             u[h * ldu + c] = acc;                                                                                      \
         }
 
@@ -115,12 +127,12 @@
 #define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define MUL(a, b) _mm512_mul_ps(a, b)
 #define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
-__attribute__((target("avx2,fma,avx512f"))) static void scores_avx512(const float *cache, int64_t W, int64_t lo,
+__attribute__((target("avx2,fma,avx512f"))) static void scores_avx512(const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t lo,
                                                                       int64_t hi, float scale, float *scratch) {
     OPS512
     MLA_SCORES
 }
-__attribute__((target("avx2,fma,avx512f"))) static void values_avx512(int hn, const float *cache, int64_t W, int64_t n,
+__attribute__((target("avx2,fma,avx512f"))) static void values_avx512(int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n,
                                                                       int64_t lo, int64_t hi, const float *scratch,
                                                                       float *u, int64_t ldu) {
     OPS512
@@ -160,12 +172,12 @@ A2 v2x8 v_mul(v2x8 a, v2x8 b) { return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_
 #define OPS2                                                                                                           \
     typedef v2x8 V;                                                                                                    \
     enum { VL = 16 };
-__attribute__((target("avx2,fma"))) static void scores_avx2(const float *cache, int64_t W, int64_t lo, int64_t hi,
+__attribute__((target("avx2,fma"))) static void scores_avx2(const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t lo, int64_t hi,
                                                             float scale, float *scratch) {
     OPS2
     MLA_SCORES
 }
-__attribute__((target("avx2,fma"))) static void values_avx2(int hn, const float *cache, int64_t W, int64_t n,
+__attribute__((target("avx2,fma"))) static void values_avx2(int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n,
                                                             int64_t lo, int64_t hi, const float *scratch, float *u,
                                                             int64_t ldu) {
     OPS2
@@ -301,65 +313,65 @@ void moe_kern_mla_softmax(int hn, int64_t W, int64_t n, float *scratch) {
     moe_kern_mla_norm(hn, W, n, scratch);
 }
 
-static void scores_scalar(const float *cache, int64_t W, int64_t lo, int64_t hi, float scale, float *scratch) {
+static void scores_scalar(const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t lo, int64_t hi, float scale, float *scratch) {
     const float *qt = scratch;
     float *s = scratch + 16 * W;
     for (int64_t k = lo; k < hi; k++)
         for (int h = 0; h < 16; h++) {
             float a = 0.0f;
-            for (int64_t w = 0; w < W; w++) a = fmaf(cache[k * W + w], qt[16 * w + h], a);
+            for (int64_t w = 0; w < W; w++) a = fmaf(moe_kv_row(cache, ldc, bs, k)[w], qt[16 * w + h], a);
             s[16 * k + h] = a * scale;
         }
 }
 
-static void values_scalar(int hn, const float *cache, int64_t W, int64_t n, int64_t lo, int64_t hi,
+static void values_scalar(int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n, int64_t lo, int64_t hi,
                           const float *scratch, float *u, int64_t ldu) {
     const float *s = scratch + 16 * W;
     for (int h = 0; h < hn; h++)
         for (int64_t c = lo; c < hi; c++) {
             float a = 0.0f;
-            for (int64_t k = 0; k < n; k++) a = fmaf(s[16 * k + h], cache[k * W + c], a);
+            for (int64_t k = 0; k < n; k++) a = fmaf(s[16 * k + h], moe_kv_row(cache, ldc, bs, k)[c], a);
             u[h * ldu + c] = a;
         }
 }
 
-void moe_kern_mla_scores(const float *cache, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch) {
+void moe_kern_mla_scores(const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t k0, int64_t k1, float scale, float *scratch) {
 #if defined(__x86_64__)
     if (moe_kern_level() == 2) {
-        scores_avx512(cache, W, k0, k1, scale, scratch);
+        scores_avx512(cache, ldc, bs, W, k0, k1, scale, scratch);
         return;
     }
     if (moe_kern_level() == 1) {
-        scores_avx2(cache, W, k0, k1, scale, scratch);
+        scores_avx2(cache, ldc, bs, W, k0, k1, scale, scratch);
         return;
     }
 #endif
-    scores_scalar(cache, W, k0, k1, scale, scratch);
+    scores_scalar(cache, ldc, bs, W, k0, k1, scale, scratch);
 }
 
-void moe_kern_mla_values(int hn, const float *cache, int64_t W, int64_t n, int64_t c0, int64_t c1,
+void moe_kern_mla_values(int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n, int64_t c0, int64_t c1,
                          const float *scratch, float *u, int64_t ldu) {
 #if defined(__x86_64__)
     if (moe_kern_level() == 2) {
-        values_avx512(hn, cache, W, n, c0, c1, scratch, u, ldu);
+        values_avx512(hn, cache, ldc, bs, W, n, c0, c1, scratch, u, ldu);
         return;
     }
     if (moe_kern_level() == 1) {
-        values_avx2(hn, cache, W, n, c0, c1, scratch, u, ldu);
+        values_avx2(hn, cache, ldc, bs, W, n, c0, c1, scratch, u, ldu);
         return;
     }
 #endif
-    values_scalar(hn, cache, W, n, c0, c1, scratch, u, ldu);
+    values_scalar(hn, cache, ldc, bs, W, n, c0, c1, scratch, u, ldu);
 }
 
-void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
-                       float scale, float *scratch, float *u, int64_t ldu) {
+void moe_kern_mla_attn(const float *q, int64_t ldq, int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W, int64_t n,
+                       int64_t Lkv, float scale, float *scratch, float *u, int64_t ldu) {
     if (hn < 1 || hn > 16 || moe_kern_level() == 0) {
-        moe_kern_mla_attn_ref(q, ldq, hn, cache, W, n, Lkv, scale, scratch, u, ldu);
+        moe_kern_mla_attn_ref(q, ldq, hn, cache, ldc, bs, W, n, Lkv, scale, scratch, u, ldu);
         return;
     }
     moe_kern_mla_prep(q, ldq, hn, W, scratch);
-    moe_kern_mla_scores(cache, W, 0, n, scale, scratch);
+    moe_kern_mla_scores(cache, ldc, bs, W, 0, n, scale, scratch);
     moe_kern_mla_softmax(hn, W, n, scratch);
-    moe_kern_mla_values(hn, cache, W, n, 0, Lkv, scratch, u, ldu);
+    moe_kern_mla_values(hn, cache, ldc, bs, W, n, 0, Lkv, scratch, u, ldu);
 }

@@ -56,15 +56,15 @@ void moe_kern_axpy_ref(float *y, float a, const float *x, int64_t n) {
 
 /* ---- MLA attention (kern.h) ---- */
 
-void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t W, int64_t n, int64_t Lkv,
-                           float scale, float *scratch, float *u, int64_t ldu) {
+void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cache, int64_t ldc, int64_t bs, int64_t W,
+                           int64_t n, int64_t Lkv, float scale, float *scratch, float *u, int64_t ldu) {
     float *s = scratch;
     for (int h = 0; h < hn; h++) {
         const float *qh = q + h * ldq;
         float mx = -INFINITY;
         for (int64_t k = 0; k < n; k++) {
             float acc = 0.0f;
-            for (int64_t w = 0; w < W; w++) acc = fmaf(cache[k * W + w], qh[w], acc);
+            for (int64_t w = 0; w < W; w++) acc = fmaf(moe_kv_row(cache, ldc, bs, k)[w], qh[w], acc);
             s[k] = acc * scale;
             mx = s[k] > mx ? s[k] : mx;
         }
@@ -78,7 +78,7 @@ void moe_kern_mla_attn_ref(const float *q, int64_t ldq, int hn, const float *cac
         for (int64_t c = 0; c < Lkv; c++) uh[c] = 0.0f;
         for (int64_t k = 0; k < n; k++) {
             float p = s[k] * inv;
-            for (int64_t c = 0; c < Lkv; c++) uh[c] = fmaf(p, cache[k * W + c], uh[c]);
+            for (int64_t c = 0; c < Lkv; c++) uh[c] = fmaf(p, moe_kv_row(cache, ldc, bs, k)[c], uh[c]);
         }
     }
 }
