@@ -268,6 +268,23 @@ static moe_wview slice(const sliced_w *s, int64_t k) {
         ph_end(c, (ph), t0_, w_bytes(w));                                                                             \
     } while (0)
 
+/* token t's cache row at layer il: [rmsnorm(c_kv), rope(k_pe)] from kv_a's output */
+typedef struct {
+    const layer_w *ly;
+    int il;
+} kv_rows;
+static void rows_kv(moe_engine *c, const void *ctx, int64_t t0, int64_t t1) {
+    const kv_rows *k = ctx;
+    const moe_hparams *hp = &c->m->hp;
+    const int64_t Lkv = hp->kv_lora_rank, R = hp->n_rot, W = Lkv + R;
+    for (int64_t t = t0; t < t1; t++) {
+        float *row = (float *)moe_kv_row(tok_layer_cache(c, t, k->il), W, kv_bs(c), c->tok_pos[t]);
+        moe_kern_rmsnorm(row, c->kvb + t * W, k->ly->kv_a_norm, Lkv, hp->rms_eps);
+        memcpy(row + Lkv, c->kvb + t * W + Lkv, (size_t)R * sizeof(float));
+        rope_apply(row + Lkv, c->rope + t * R, (int)R);
+    }
+}
+
 static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
     const moe_model *m = c->m;
     const moe_hparams *hp = &m->hp;
@@ -283,12 +300,8 @@ static void attention(moe_engine *c, const layer_w *ly, int il, int64_t B) {
         moe_kern_prod p[2] = {{&ly->q, c->h, D, c->q, H * Dk, B, NULL}, {&ly->kv_a, c->h, D, c->kvb, W, B, NULL}}; /* (B, H·Dk), (B, W) */
         SET(MOE_PHASE_ATTN_IN, p, 2);
     }
-    for (int64_t t = 0; t < B; t++) {
-        float *row = (float *)moe_kv_row(tok_layer_cache(c, t, il), W, kv_bs(c), c->tok_pos[t]);
-        moe_kern_rmsnorm(row, c->kvb + t * W, ly->kv_a_norm, Lkv, hp->rms_eps);
-        memcpy(row + Lkv, c->kvb + t * W + Lkv, (size_t)R * sizeof(float));
-        rope_apply(row + Lkv, c->rope + t * R, (int)R);
-    }
+    const kv_rows kr = {ly, il};
+    rows_par(c, B, rows_kv, &kr);
     /* absorbed queries: qt[t][h] = [k_b_h · q_nope (Lkv), rope(q_pe) (R)] */
     /* all heads' k_b products as one job */
     for (int64_t hh = 0; hh < H; hh++) {
