@@ -20,33 +20,41 @@
 /* Lane-parallel pieces shared by both forms, written once over a 16-float "vector" type V with
  * the operations LOAD, STORE, SET1, ZERO, FMA(a, b, c) = a·b + c, MUL. The scratch holds the
  * transposed queries qt (W, 16) and then the scores / weights s (n, 16). */
+/* one key's scores */
+#define MLA_SCORE1(k)                                                                                                  \
+    do {                                                                                                               \
+        const float *c1_ = moe_kv_row(cache, ldc, bs, (k));                                                            \
+        V a = ZERO();                                                                                                  \
+        for (int64_t w = 0; w < W; w++) a = FMA(SET1(c1_[w]), LOAD(qt + 16 * w), a);                                   \
+        STORE(s + 16 * (k), MUL(a, vs));                                                                               \
+    } while (0)
 #define MLA_SCORES /* keys [lo, hi) */                                                                                 \
     const float *qt = scratch;                                                                                         \
     float *s = scratch + 16 * W;                                                                                       \
     const V vs = SET1(scale);                                                                                          \
     int64_t k = lo;                                                                                                    \
-    for (; k + 8 <= hi; k += 8) { /* 8 keys of one block: 8 independent chains over w */                               \
-        if (k % MOE_KV_BLOCK > MOE_KV_BLOCK - 8) { /* a group across two blocks (lo not a multiple of 8) */            \
+    while (k + 8 <= hi) {                                                                                              \
+        if (k % MOE_KV_BLOCK > MOE_KV_BLOCK - 8) { /* 8 keys across two blocks (lo not a multiple of 8): one key */     \
             MLA_SCORE1(k);                                                                                             \
-            k -= 7;                                                                                                    \
+            k++;                                                                                                       \
             continue;                                                                                                  \
         }                                                                                                              \
-        const float *c0 = moe_kv_row(cache, ldc, bs, k);                                                               \
-        /* the next 8 keys' rows, a line each per 16 columns (in the next block after its last group) */              \
-        const float *pf = (k + 8) % MOE_KV_BLOCK ? c0 + 8 * ldc : moe_kv_row(cache, ldc, bs, k + 8);                   \
+        /* 8 keys of one block: 8 independent chains over w; the next 8 keys' rows prefetched, a line       \
+         * each per 16 columns */                                                                                      \
+        const float *c0 = moe_kv_row(cache, ldc, bs, k), *pf = moe_kv_row(cache, ldc, bs, k + 8);                     \
         V a0 = ZERO(), a1 = ZERO(), a2 = ZERO(), a3 = ZERO(), a4 = ZERO(), a5 = ZERO(), a6 = ZERO(), a7 = ZERO();      \
         for (int64_t w = 0; w < W; w++) {                                                                              \
             if (!(w & 15) && k + 16 <= hi)                                                                             \
                 for (int r = 0; r < 8; r++) PREFETCH(pf + r * ldc + w);                                                \
             const V qv = LOAD(qt + 16 * w);                                                                            \
             a0 = FMA(SET1(c0[w]), qv, a0);                                                                             \
-            a1 = FMA(SET1(c0[ldc + w]), qv, a1);                                                                         \
-            a2 = FMA(SET1(c0[2 * ldc + w]), qv, a2);                                                                     \
-            a3 = FMA(SET1(c0[3 * ldc + w]), qv, a3);                                                                     \
-            a4 = FMA(SET1(c0[4 * ldc + w]), qv, a4);                                                                     \
-            a5 = FMA(SET1(c0[5 * ldc + w]), qv, a5);                                                                     \
-            a6 = FMA(SET1(c0[6 * ldc + w]), qv, a6);                                                                     \
-            a7 = FMA(SET1(c0[7 * ldc + w]), qv, a7);                                                                     \
+            a1 = FMA(SET1(c0[ldc + w]), qv, a1);                                                                       \
+            a2 = FMA(SET1(c0[2 * ldc + w]), qv, a2);                                                                   \
+            a3 = FMA(SET1(c0[3 * ldc + w]), qv, a3);                                                                   \
+            a4 = FMA(SET1(c0[4 * ldc + w]), qv, a4);                                                                   \
+            a5 = FMA(SET1(c0[5 * ldc + w]), qv, a5);                                                                   \
+            a6 = FMA(SET1(c0[6 * ldc + w]), qv, a6);                                                                   \
+            a7 = FMA(SET1(c0[7 * ldc + w]), qv, a7);                                                                   \
         }                                                                                                              \
         STORE(s + 16 * k, MUL(a0, vs));                                                                                \
         STORE(s + 16 * (k + 1), MUL(a1, vs));                                                                          \
@@ -56,16 +64,9 @@
         STORE(s + 16 * (k + 5), MUL(a5, vs));                                                                          \
         STORE(s + 16 * (k + 6), MUL(a6, vs));                                                                          \
         STORE(s + 16 * (k + 7), MUL(a7, vs));                                                                          \
+        k += 8;                                                                                                        \
     }                                                                                                                  \
     for (; k < hi; k++) MLA_SCORE1(k);
-/* one key's scores */
-#define MLA_SCORE1(k)                                                                                                  \
-    do {                                                                                                               \
-        const float *c1_ = moe_kv_row(cache, ldc, bs, (k));                                                            \
-        V a = ZERO();                                                                                                  \
-        for (int64_t w = 0; w < W; w++) a = FMA(SET1(c1_[w]), LOAD(qt + 16 * w), a);                                   \
-        STORE(s + 16 * (k), MUL(a, vs));                                                                               \
-    } while (0)
 
 /* columns [lo, hi) of u_h = Σ_k p_kh · cache[k]: the keys in chunks of MLA_KC rows (in order), each
  * chunk run over every 32-column strip and group of 8 heads with the 16 sums loaded from u and

@@ -150,6 +150,11 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void f32_rows_a
         for (int64_t t = 0; t < T; t++) y[t * ldy + r] = dot_avx2(rows[r], x + t * ldx, in);
 }
 
+/* row b of each of R slices of q rows from o0: r[j] = row o0 + j·q + b */
+static inline void slice_rows(const moe_wview *w, int64_t o0, int64_t q, int64_t b, int R, const uint16_t **r) {
+    for (int j = 0; j < R; j++) r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o0 + j * q + b) * w->row_bytes);
+}
+
 /* rows [o0, o1) of an F16 or BF16 view over T tokens: the rows cut into HALF_R equal slices,
  * block b takes row b of each slice (the probe's fastest pattern: a cursor per slice, each
  * prefetching HALF_PF bytes on, across its rows), the last (o1 − o0) mod HALF_R rows one by one */
@@ -160,8 +165,7 @@ __attribute__((target("avx512f,avx512bw,avx2,fma,f16c"))) static void half_rows_
     const int64_t q = (o1 - o0) / HALF_R;
     for (int64_t b = 0; b < q; b++) {
         const uint16_t *r[HALF_R];
-        for (int j = 0; j < HALF_R; j++)
-            r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o0 + j * q + b) * w->row_bytes);
+        slice_rows(w, o0, q, b, HALF_R, r);
         for (int64_t t = 0; t < T; t += 2) {
             const int nt = T - t < 2 ? (int)(T - t) : 2;
             float yy[2][HALF_R];
@@ -224,8 +228,7 @@ __attribute__((target("avx2,fma,f16c"))) static void half_rows_avx2(const moe_wv
     const int64_t q = (o1 - o0) / HALF_R2;
     for (int64_t b = 0; b < q; b++) {
         const uint16_t *r[HALF_R2];
-        for (int j = 0; j < HALF_R2; j++)
-            r[j] = (const uint16_t *)(const void *)(w->data + (size_t)(o0 + j * q + b) * w->row_bytes);
+        slice_rows(w, o0, q, b, HALF_R2, r);
         for (int64_t t = 0; t < T; t++) {
             float yy[HALF_R2];
             if (bf)
