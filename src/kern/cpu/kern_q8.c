@@ -596,6 +596,50 @@ static int r16_span(const moe_wview *w, const moe_q8a *xq, int64_t T, float *y, 
     return 1;
 }
 
+/* One block of r16_multi (below) for G groups and NT tokens: group i's weights at wg[i], its 16
+ * scales at sg[i], token k's activation block at xb[k]; adds to acc. */
+__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
+r16_block(const uint8_t *const wg[4], const uint8_t *const sg[4], const moe_q8a *const xb[6], int G, int NT,
+          __m512 acc[4][6]) {
+    __m512i s[4][6];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++)
+        if (k < NT) {
+            const __m512i s0 = _mm512_set1_epi32(-128 * xb[k]->s);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                if (i < G) s[i][k] = s0;
+        }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) {
+        __m512i wc[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            if (i < G) {
+                wc[i] = _mm512_loadu_si512((const void *)(wg[i] + 64 * c));
+                __asm__("" : "+v"(wc[i])); /* one load per column: GCC otherwise reloads it per token */
+            }
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++)
+            if (k < NT) {
+                const __m512i x4 = _mm512_set1_epi32(((const int32_t *)(const void *)xb[k]->q)[c]);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    if (i < G) s[i][k] = _mm512_dpbusd_epi32(s[i][k], wc[i], x4);
+            }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        if (i < G) {
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sg[i]));
+#pragma GCC unroll 6
+            for (int k = 0; k < 6; k++)
+                if (k < NT)
+                    acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][k]), _mm512_mul_ps(dw, _mm512_set1_ps(xb[k]->d)),
+                                                acc[i][k]);
+        }
+}
+
 /* R16 layout (kern.h): 16 rows of a block are 8 aligned zmm columns, so a token costs 8
  * vpdpbusd (its 4 activation bytes c broadcast from memory) and no shuffle or reduction; the
  * running integer sum starts at −128·Σx (the w + 128 bias). r16_multi runs G groups (group i
@@ -621,52 +665,62 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
 #pragma GCC unroll 6
         for (int k = 0; k < 6; k++)
             if (i < G && k < NT) acc[i][k] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        if (nx) {
-            for (int64_t l = 0; l < nl; l++) _mm_prefetch(nx + 64 * (nl * b + l), _MM_HINT_T1);
-        } else if (!(b & 1)) {
+    /* a pointer per group and per token, moved on a pair of blocks at a time: with offsets
+     * computed from b, gs and nb in the loop GCC kept 32 of them on the stack and bounced
+     * weight columns through it (T 1-3 quads) */
+    const uint8_t *p[4];
+    const moe_q8a *xp[6];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) p[i] = g + gs * (size_t)(i < G ? i : 0);
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; k++) xp[k] = xq + (k < NT ? k : 0) * nb;
+    const char *q = nx;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        if (q) {
+            for (int64_t l = 0; l < 2 * nl; l++) _mm_prefetch(q + 64 * l, _MM_HINT_T1);
+            q += 128 * nl;
+        } else {
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++)
-                if (i < G) {
-                    const char *pf = (const char *)g + gs * (size_t)i + (size_t)(b / 2 + 2) * 1088;
-                    for (int c = 0; c < 17; c++) _mm_prefetch(pf + 64 * c, _MM_HINT_T0);
-                }
+                if (i < G)
+                    for (int c = 0; c < 17; c++) _mm_prefetch((const char *)p[i] + 2 * 1088 + 64 * c, _MM_HINT_T0);
         }
-        __m512i s[4][6];
-#pragma GCC unroll 6
-        for (int k = 0; k < 6; k++)
-            if (k < NT) {
-                const __m512i s0 = _mm512_set1_epi32(-128 * xq[k * nb + b].s);
+        const uint8_t *w0[4], *s0[4], *w1[4], *s1[4];
+        const moe_q8a *x0[6], *x1[6];
 #pragma GCC unroll 4
-                for (int i = 0; i < 4; i++)
-                    if (i < G) s[i][k] = s0;
-            }
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; c++) {
-            __m512i wc[4];
+        for (int i = 0; i < 4; i++) {
+            w0[i] = p[i];
+            w1[i] = p[i] + 512;
+            s0[i] = p[i] + 1024;
+            s1[i] = p[i] + 1056;
+        }
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; k++) {
+            x0[k] = xp[k] + b;
+            x1[k] = xp[k] + b + 1;
+        }
+        r16_block(w0, s0, x0, G, NT, acc);
+        r16_block(w1, s1, x1, G, NT, acc);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) p[i] += 1088;
+    }
+    if (b < nb) { /* an odd last block: its scales follow its weights */
+        if (q) {
+            for (int64_t l = 0; l < nl; l++) _mm_prefetch(q + 64 * l, _MM_HINT_T1);
+        } else {
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++)
-                if (i < G) wc[i] = _mm512_loadu_si512((const __m512i *)(const void *)(g + gs * (size_t)i + moe_r16_woff(b)) + c);
-#pragma GCC unroll 6
-            for (int k = 0; k < 6; k++)
-                if (k < NT) {
-                    const __m512i xb = _mm512_set1_epi32(((const int32_t *)(const void *)xq[k * nb + b].q)[c]);
-#pragma GCC unroll 4
-                    for (int i = 0; i < 4; i++)
-                        if (i < G) s[i][k] = _mm512_dpbusd_epi32(s[i][k], wc[i], xb);
-                }
+                if (i < G)
+                    for (int c = 0; c < 17; c++) _mm_prefetch((const char *)p[i] + 2 * 1088 + 64 * c, _MM_HINT_T0);
         }
+        const uint8_t *s0[4];
+        const moe_q8a *x0[6];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++)
-            if (i < G) {
-                const __m512 dw = _mm512_cvtph_ps(
-                    _mm256_loadu_si256((const __m256i *)(const void *)(g + gs * (size_t)i + moe_r16_soff(nb, b))));
+        for (int i = 0; i < 4; i++) s0[i] = p[i] + 512;
 #pragma GCC unroll 6
-                for (int k = 0; k < 6; k++)
-                    if (k < NT)
-                        acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][k]), _mm512_mul_ps(dw, _mm512_set1_ps(xq[k * nb + b].d)),
-                                                    acc[i][k]);
-            }
+        for (int k = 0; k < 6; k++) x0[k] = xp[k] + b;
+        r16_block(p, s0, x0, G, NT, acc);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
