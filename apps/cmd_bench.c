@@ -398,6 +398,14 @@ int moe_cmd_bench(int argc, char **argv) {
 
     /* deterministic pseudo-random tokens */
     size_t nt = (size_t)(n_p > depth + n_g ? n_p : depth + n_g) + 1;
+    /* a batch's sequence i reads toks[i·7 + k + 1] at step k (2·n_g steps with --ceiling, n_g 16
+     * when -n is 0): enough
+     * tokens that no two sequences read the same ones (with wrapping, a short run's sequences
+     * repeated each other and routed to the same experts) */
+    for (int b = 0; b < n_batches; b++) {
+        const size_t need = (size_t)7 * (size_t)batches[b] + 2 * (size_t)(n_g > 0 ? n_g : 16) + 2;
+        nt = need > nt ? need : nt;
+    }
     toks = malloc(sizeof(int32_t) * nt);
     pp = calloc((size_t)reps, sizeof(double));
     tg = calloc((size_t)reps, sizeof(double));
