@@ -398,12 +398,12 @@ int moe_cmd_bench(int argc, char **argv) {
 
     /* deterministic pseudo-random tokens */
     size_t nt = (size_t)(n_p > depth + n_g ? n_p : depth + n_g) + 1;
-    /* a batch's sequence i reads toks[i·7 + k + 1] at step k (2·n_g steps with --ceiling, n_g 16
-     * when -n is 0): enough
-     * tokens that no two sequences read the same ones (with wrapping, a short run's sequences
-     * repeated each other and routed to the same experts) */
+    /* a batch's sequence i reads toks[i·7 + k + 1] at step k (2·batch_steps steps with --ceiling):
+     * enough tokens that no two sequences read the same ones (with wrapping, a short run's
+     * sequences repeated each other and routed to the same experts) */
+    const int batch_steps = n_g > 0 ? (int)n_g : 16;
     for (int b = 0; b < n_batches; b++) {
-        const size_t need = (size_t)7 * (size_t)batches[b] + 2 * (size_t)(n_g > 0 ? n_g : 16) + 2;
+        const size_t need = (size_t)7 * (size_t)batches[b] + 2 * (size_t)batch_steps + 2;
         nt = need > nt ? need : nt;
     }
     toks = malloc(sizeof(int32_t) * nt);
@@ -489,7 +489,7 @@ int moe_cmd_bench(int argc, char **argv) {
     double peak128 = 128.0 * hz * nth, pp_peak128 = peak128 > 0 ? 100.0 * pp_med * pp_ops / peak128 : 0;
     batch_res br[MAX_BATCHES];
     for (int b = 0; b < n_batches; b++) {
-        if (run_batch(m, nth, batches[b], n_g > 0 ? (int)n_g : 16, toks, (int)nt, &br[b], probe, pool, profile, ceiling,
+        if (run_batch(m, nth, batches[b], batch_steps, toks, (int)nt, &br[b], probe, pool, profile, ceiling,
                       (int)reps, err, sizeof err)) {
             cli_fail("bench", "batch %d: %s", batches[b], err);
             goto out;

@@ -132,9 +132,7 @@ void moe_engine_parallel(moe_engine *e, void (*fn)(void *arg, int ith, int nth),
  * in use, and the first use of a page costs this VM ~20 µs once per 2 MB instead of once per
  * 4 KB. */
 #define KV_HUGE ((size_t)2 << 20)
-static size_t kv_block_bytes(const moe_hparams *hp) {
-    return (size_t)hp->n_layer * MOE_KV_BLOCK * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
-}
+static size_t kv_block_bytes(const moe_hparams *hp) { return (size_t)moe_kv_block_floats(hp) * sizeof(float); }
 
 moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     const moe_hparams *hp = &e->m->hp;
@@ -164,8 +162,7 @@ moe_status moe_seq_init(moe_engine *e, int32_t n_ctx, moe_seq **out) {
     s->e = e;
     s->n_ctx = n_ctx;
     s->kv_bytes = (size_t)hp->n_layer * (size_t)n_ctx * (size_t)(hp->kv_lora_rank + hp->n_rot) * sizeof(float);
-    const size_t nblk = ((size_t)n_ctx + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK;
-    s->kv_map = (nblk * kv_block_bytes(hp) + KV_HUGE - 1) & ~(KV_HUGE - 1);
+    s->kv_map = (moe_kv_blocks(n_ctx) * kv_block_bytes(hp) + KV_HUGE - 1) & ~(KV_HUGE - 1);
     /* reserve a huge page more, then trim the mapping to KV_HUGE-aligned bounds */
     char *r = mmap(NULL, s->kv_map + KV_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r == MAP_FAILED) {
@@ -204,9 +201,8 @@ void moe_seq_kv_ready(moe_seq *s, int32_t upto) {
     if (upto <= s->kv_ready || g_no_populate) return;
     const moe_hparams *hp = &s->e->m->hp;
     /* whole blocks: those holding [kv_ready, upto) and the next one */
-    const size_t bb = kv_block_bytes(hp), nblk = ((size_t)s->n_ctx + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK,
-                 b0 = (size_t)s->kv_ready / MOE_KV_BLOCK, want = ((size_t)upto + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK + 1,
-                 b1 = want < nblk ? want : nblk;
+    const size_t bb = kv_block_bytes(hp), nblk = moe_kv_blocks(s->n_ctx), b0 = (size_t)s->kv_ready / MOE_KV_BLOCK,
+                 want = moe_kv_blocks(upto) + 1, b1 = want < nblk ? want : nblk;
     const uintptr_t a = (uintptr_t)s->kv + b0 * bb, b = (uintptr_t)s->kv + b1 * bb;
     if (madvise((void *)(a & ~(uintptr_t)4095), ((b + 4095) & ~(uintptr_t)4095) - (a & ~(uintptr_t)4095),
                 MADV_POPULATE_WRITE) != 0) {

@@ -161,9 +161,7 @@ static inline float *tok_layer_cache(const moe_engine *c, int64_t t, int il) {
     const moe_hparams *hp = &c->m->hp;
     return c->tok_cache[t] + (size_t)il * MOE_KV_BLOCK * (size_t)(hp->kv_lora_rank + hp->n_rot);
 }
-static inline int64_t kv_bs(const moe_engine *c) {
-    return (int64_t)c->m->hp.n_layer * MOE_KV_BLOCK * (c->m->hp.kv_lora_rank + c->m->hp.n_rot);
-}
+static inline int64_t kv_bs(const moe_engine *c) { return moe_kv_block_floats(&c->m->hp); }
 
 /* ---- attention over the latent cache: one (token, group of up to 16 heads) per work item ----
  * moe_kern_mla_attn keeps the group's heads in vector lanes, so every cache row is read once

@@ -117,6 +117,12 @@ struct moe_ctx {
  * of every token of the step, (B, V) in item order; each item's `logits` (if set) receives its
  * last token's row. Advances every item's sequence. */
 void moe_engine_forward(moe_engine *e, const moe_batch_item *items, int32_t n_items, float *logits_all);
+/* A sequence's KV cache in blocks (batch.c): floats per block (MOE_KV_BLOCK positions of every
+ * layer), kern.h's bs for the attention kernels, and blocks for n positions */
+static inline int64_t moe_kv_block_floats(const moe_hparams *hp) {
+    return (int64_t)hp->n_layer * MOE_KV_BLOCK * (hp->kv_lora_rank + hp->n_rot);
+}
+static inline size_t moe_kv_blocks(int64_t n) { return (size_t)((n + MOE_KV_BLOCK - 1) / MOE_KV_BLOCK); }
 /* Populates the cache rows [0, upto) of every layer (and some rows ahead) before a step writes
  * them: see batch.c. Never fails; without MADV_POPULATE_WRITE the rows fault in as written. */
 void moe_seq_kv_ready(moe_seq *s, int32_t upto);

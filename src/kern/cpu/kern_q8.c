@@ -656,6 +656,19 @@ r16_block(const uint8_t *const wg[4], const uint8_t *const sg[4], const moe_q8a 
  * broadcast memory operand it ran at ~70 % of the register-operand rate) made two groups
  * compute 15-30 % faster than one at T 3-16 in L3-resident products. A scale stream kept apart
  * from the weights cost ~20 % of the streaming rate; 1 pair or 4+ pairs ahead streamed slower. */
+/* r16_multi's prefetch at a pair of blocks: n lines from q into L2 (the caller's next groups),
+ * or with q NULL each group's own pair two ahead (17 lines, 2 KB on) */
+__attribute__((always_inline)) static inline void r16_prefetch(const uint8_t *const p[4], int G, const char *q, int64_t n) {
+    if (q) {
+        for (int64_t l = 0; l < n; l++) _mm_prefetch(q + 64 * l, _MM_HINT_T1);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        if (i < G)
+            for (int c = 0; c < 17; c++) _mm_prefetch((const char *)p[i] + 2 * 1088 + 64 * c, _MM_HINT_T0);
+}
+
 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni"), always_inline)) static inline void
 r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float *y, int64_t ldy, const char *nx,
           int64_t nl, size_t gs, int64_t ys) {
@@ -677,15 +690,8 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
     const char *q = nx;
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        if (q) {
-            for (int64_t l = 0; l < 2 * nl; l++) _mm_prefetch(q + 64 * l, _MM_HINT_T1);
-            q += 128 * nl;
-        } else {
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                if (i < G)
-                    for (int c = 0; c < 17; c++) _mm_prefetch((const char *)p[i] + 2 * 1088 + 64 * c, _MM_HINT_T0);
-        }
+        r16_prefetch(p, G, q, 2 * nl);
+        if (q) q += 128 * nl;
         const uint8_t *w0[4], *s0[4], *w1[4], *s1[4];
         const moe_q8a *x0[6], *x1[6];
 #pragma GCC unroll 4
@@ -706,14 +712,7 @@ r16_multi(const uint8_t *g, const moe_q8a *xq, int64_t nb, int G, int NT, float 
         for (int i = 0; i < 4; i++) p[i] += 1088;
     }
     if (b < nb) { /* an odd last block: its scales follow its weights */
-        if (q) {
-            for (int64_t l = 0; l < nl; l++) _mm_prefetch(q + 64 * l, _MM_HINT_T1);
-        } else {
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                if (i < G)
-                    for (int c = 0; c < 17; c++) _mm_prefetch((const char *)p[i] + 2 * 1088 + 64 * c, _MM_HINT_T0);
-        }
+        r16_prefetch(p, G, q, nl);
         const uint8_t *s0[4];
         const moe_q8a *x0[6];
 #pragma GCC unroll 4
